@@ -1,0 +1,66 @@
+"""Frozen multi-level backbone (UniAS paper Sec. 3.1, spec §1).
+
+A timm CNN with ``features_only=True`` tapped at strides 2, 4, 8 and 16 (EfficientNet-B4: 24, 32, 56
+and 160 channels).  timm builds the feature network only up to the last tap, so no later stage runs.
+The backbone never trains: its parameters do not require gradients and it stays in eval mode (BN uses
+its running statistics) whatever mode the model is put in.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+DEFAULT_OUT_INDICES = (0, 1, 2, 3)
+
+
+class FrozenBackbone(nn.Module):
+    """Wrap a timm feature network, frozen and always in eval mode.
+
+    Args:
+        network: A timm ``features_only`` model (see :func:`anomalib_unias.weights.create_backbone`).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.network.requires_grad_(False)
+        self.network.eval()
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of the taps, fine to coarse."""
+        return list(self.network.feature_info.channels())
+
+    @property
+    def reductions(self) -> list[int]:
+        """Strides of the taps, fine to coarse."""
+        return list(self.network.feature_info.reduction())
+
+    def train(self, mode: bool = True) -> FrozenBackbone:  # noqa: ARG002
+        """Keep the backbone in eval mode whatever ``mode`` is asked for."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the raw taps, fine to coarse, without tracking gradients."""
+        with torch.no_grad():
+            return list(self.network(images))
+
+
+def drop_unused_stages(network: nn.Module) -> nn.Module:
+    """Remove the stages after the last tap from a timm EfficientNet-style feature network.
+
+    timm's ``EfficientNetFeatures`` keeps and runs every block even when the last requested tap is
+    earlier (B4 at stride 16 would run 7 of 7 stages for 5 that are needed).  Other timm feature
+    networks (``FeatureListNet``) are already truncated and are returned unchanged.
+    """
+    stage_out = getattr(network, "_stage_out_idx", None)
+    if stage_out and hasattr(network, "blocks"):
+        network.blocks = network.blocks[: max(stage_out)]
+    return network
+
+
+def timm_feature_network(name: str, out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
+    """Build timm ``name`` with random weights as a feature network tapped at ``out_indices``."""
+    return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices, exportable=True)

@@ -1,0 +1,128 @@
+"""PyTorch model of UniAS ("Towards Accurate Unified Anomaly Segmentation", Ma et al., WACV 2025).
+
+Frozen backbone taps -> Gaussian/residual feature preparation -> FPN pixel decoder -> multi-level
+hybrid decoder (sample-aware queries, neighbour-masked spatial + channel attention, MGG-CNN) ->
+per-level reconstructions.  Training returns the loss; evaluation returns anomalib's
+``InferenceBatch`` with the fused multi-level anomaly map and its maximum as the image score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from .anomaly_map import AnomalyMapGenerator
+from .components import FeaturePreparation, HybridDecoder, PixelDecoder
+from .components.backbone import FrozenBackbone
+from .loss import UniASLoss
+
+QUERY_STRIDE = 16
+
+
+@dataclass
+class Reconstruction:
+    """Targets and reconstructions of every level, coarse to fine."""
+
+    targets: list[torch.Tensor]
+    reconstructions: list[torch.Tensor]
+
+
+def query_grid(input_size: tuple[int, int]) -> tuple[int, int]:
+    """Return the query grid (H / 16, W / 16), refusing sizes that are not multiples of 16."""
+    height, width = input_size
+    if height % QUERY_STRIDE or width % QUERY_STRIDE or height <= 0 or width <= 0:
+        msg = f"UniAS needs an input size whose height and width are positive multiples of 16, got {tuple(input_size)}"
+        raise ValueError(msg)
+    return height // QUERY_STRIDE, width // QUERY_STRIDE
+
+
+class UniASHead(nn.Module):
+    """Everything after the backbone taps: the trainable part of UniAS plus its loss and anomaly map.
+
+    Args:
+        feature_channels: Backbone tap channels, fine to coarse (B4: 24, 32, 56, 160).
+        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224).
+        pixel_dim: Pixel-decoder width (paper: 256).
+        hidden_dim: Query width (paper: 256).
+        num_heads: Attention heads everywhere (paper: 4).
+        ffn_dim: FFN width everywhere (paper: 2048).
+        num_encoder_layers: Pixel-decoder encoder depth (paper: 3).
+        neighbour_size: Side of the blocked attention window (paper: 7).
+        dropout: Transformer dropout (paper: 0.1).
+        jitter_scale: Feature-jitter scale (paper: 20).
+        jitter_prob: Feature-jitter probability per level (paper: 0.5).
+        loss_weight: Loss weight (paper: 10 on MVTec AD).
+        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
+    """
+
+    def __init__(
+        self,
+        feature_channels: list[int],
+        input_size: tuple[int, int] = (224, 224),
+        pixel_dim: int = 256,
+        hidden_dim: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int = 2048,
+        num_encoder_layers: int = 3,
+        neighbour_size: int = 7,
+        dropout: float = 0.1,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 0.5,
+        loss_weight: float = 10.0,
+        legacy_cos_sign: bool = False,
+    ) -> None:
+        super().__init__()
+        grid = query_grid(input_size)
+        coarse_to_fine = list(reversed(feature_channels))
+        self.feature_preparation = FeaturePreparation(jitter_scale, jitter_prob)
+        self.pixel_decoder = PixelDecoder(
+            [2 * c for c in coarse_to_fine], grid, pixel_dim, num_heads, ffn_dim, num_encoder_layers, dropout
+        )
+        self.decoder = HybridDecoder(
+            coarse_to_fine, grid, pixel_dim, hidden_dim, num_heads, ffn_dim, neighbour_size, dropout
+        )
+        self.loss = UniASLoss(loss_weight, legacy_cos_sign)
+        self.anomaly_map = AnomalyMapGenerator(len(feature_channels), input_size)
+
+    def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
+        """Reconstruct the blurred taps from the raw taps ``features`` (fine to coarse)."""
+        targets, inputs = self.feature_preparation(list(reversed(features)))
+        pixel_maps = self.pixel_decoder(inputs)
+        reconstructions = self.decoder(pixel_maps, [t.shape[-2:] for t in targets])
+        return Reconstruction(targets, reconstructions)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
+        """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch(pred_score, anomaly_map)``."""
+        result = self.reconstruct(features)
+        if self.training:
+            return self.loss(result.reconstructions, result.targets)
+        anomaly_map = self.anomaly_map(result.reconstructions, result.targets)
+        return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+
+class UniASModel(nn.Module):
+    """UniAS: a frozen backbone and the :class:`UniASHead`.
+
+    Args:
+        backbone: The frozen feature network (see :func:`anomalib_unias.weights.create_backbone`).
+        input_size: Model input (H, W), multiples of 16.
+        **head_kwargs: Widths, heads, jitter and loss settings of :class:`UniASHead`.
+    """
+
+    def __init__(self, backbone: FrozenBackbone, input_size: tuple[int, int] = (224, 224), **head_kwargs) -> None:
+        super().__init__()
+        if backbone.reductions[:4] != [2, 4, 8, 16]:
+            msg = (
+                f"UniAS taps the backbone at strides 2, 4, 8 and 16, but this backbone's taps have strides "
+                f"{backbone.reductions}. Use a timm CNN whose first four feature levels have those strides."
+            )
+            raise ValueError(msg)
+        self.backbone = backbone
+        self.head = UniASHead(backbone.channels, input_size, **head_kwargs)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
+        """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``."""
+        return self.head(self.backbone(images))
