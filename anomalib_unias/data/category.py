@@ -12,16 +12,23 @@ from pathlib import Path
 SPLIT_FOLDERS = ("train", "test", "val", "validation", "ground_truth")
 
 
-def category_of(image_path: str | Path) -> str:
+def category_of(image_path: str | Path, default: str | None = None) -> str:
     """Return the category folder of an MVTec-layout image path.
 
+    Args:
+        image_path: Path of an image.
+        default: Category to return for a path outside the MVTec layout; ``None`` raises instead.
+
     Raises:
-        ValueError: if no split folder (train/test/val/ground_truth) appears in the path.
+        ValueError: if no split folder (train/test/val/ground_truth) appears in the path and no
+            ``default`` is given.
     """
     parts = Path(image_path).parts
     for index in range(len(parts) - 2, 0, -1):
         if parts[index] in SPLIT_FOLDERS:
             return parts[index - 1]
+    if default is not None:
+        return default
     msg = (
         f"Cannot tell the category of {image_path}: expected an MVTec-layout path "
         "<root>/<category>/<train|test>/<defect>/<file>."

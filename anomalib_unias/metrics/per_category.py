@@ -1,0 +1,132 @@
+"""Per-category evaluation with a macro mean, as in the UniAS paper's unified setting (spec §8).
+
+The paper computes every metric separately for each category (its own pixel set, its own DSC threshold)
+and reports the mean over categories.  anomalib batches carry no category; :class:`PerCategory` derives
+it from ``image_path`` with :func:`~anomalib_unias.data.category_of` and routes each sample to a copy of
+the wrapped metric made for that category.
+
+Logging: ``compute()`` returns the macro mean as one tensor, so anomalib's own ``Evaluator`` logs it
+under ``<name>/mean`` (Lightning's ``log`` only accepts a tensor per ``Metric``).  The per-category
+values ``<name>/<category>`` come from :meth:`PerCategory.compute_per_category`, which
+:class:`~anomalib_unias.metrics.PerCategoryEvaluator` logs as well.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from anomalib.metrics import AnomalibMetric
+from torch import nn
+from torchmetrics import Metric
+
+from ..data.category import category_of
+
+# Samples outside the MVTec layout (e.g. a flat folder) are evaluated together under this name.
+UNCATEGORISED = "all"
+
+
+def _drop_per_category_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """Keep the per-category copies, which exist only during an evaluation, out of checkpoints."""
+    del module, local_metadata
+    for key in [key for key in state_dict if key.startswith(prefix + "per_category.")]:
+        del state_dict[key]
+
+
+class _PerCategory(Metric):
+    """Tensor-level part of :class:`PerCategory`: ``update(*field_values, image_path)``."""
+
+    full_state_update = False
+    metric: AnomalibMetric
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.categories: list[str] = []
+        self.per_category = nn.ModuleList()
+
+    def update(self, *values: Any) -> None:
+        """Route every sample to the copy of the wrapped metric for its category.
+
+        Args:
+            *values: The wrapped metric's fields, in its ``fields`` order, followed by ``image_path``.
+        """
+        *field_values, image_paths = values
+        sample_categories = [category_of(path, default=UNCATEGORISED) for path in image_paths]
+        for category in dict.fromkeys(sample_categories):
+            positions = [index for index, name in enumerate(sample_categories) if name == category]
+            view = SimpleNamespace(
+                **{
+                    field: value[torch.tensor(positions, device=value.device)]
+                    if isinstance(value, torch.Tensor)
+                    else [value[index] for index in positions]
+                    for field, value in zip(self.metric.fields, field_values, strict=True)
+                },
+            )
+            self._metric_for(category).update(view)
+
+    def _metric_for(self, category: str) -> AnomalibMetric:
+        if category not in self.categories:
+            metric = copy.deepcopy(self.metric).to(self.device)
+            metric.compute_on_cpu = self.compute_on_cpu
+            self.categories.append(category)
+            self.per_category.append(metric)
+        return self.per_category[self.categories.index(category)]
+
+    def compute_per_category(self) -> dict[str, torch.Tensor]:
+        """Return ``{category: value}`` for every category seen; categories whose value is None are left out."""
+        values = {category: metric.compute() for category, metric in zip(self.categories, self.per_category)}
+        return {category: value for category, value in values.items() if value is not None}
+
+    def compute(self) -> torch.Tensor | None:
+        """Macro mean over categories (float64); None when no category has a value."""
+        values = list(self.compute_per_category().values())
+        if not values:
+            return None
+        return torch.stack([value.double().reshape(()) for value in values]).mean()
+
+    def reset(self) -> None:
+        """Forget all categories (and their accumulated samples)."""
+        super().reset()
+        self.categories = []
+        self.per_category = nn.ModuleList()
+
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: torchmetrics' batch-value forward would reset the per-category copies."""
+        del args, kwargs
+        msg = f"{type(self).__name__} has no per-batch value; call update() and compute()."
+        raise NotImplementedError(msg)
+
+
+class PerCategory(AnomalibMetric, _PerCategory):  # type: ignore[misc]
+    """Evaluate ``metric`` separately per category and report each value and their macro mean.
+
+    Args:
+        metric: Any anomalib metric (``AUROC``, ``AUPR``, ``AUPRO``, :class:`PaperDice`, ...).  It is used
+            as a template: one deep copy per category receives that category's samples.  Its ``strict``
+            flag also governs missing fields (``image_path`` included) for the wrapper.
+        name: Base of the logged names; defaults to ``metric.name``.  The mean is logged as
+            ``<name>/mean`` and each category as ``<name>/<category>``.
+        **kwargs: torchmetrics ``Metric`` options.
+
+    Categories come from ``batch.image_path`` (MVTec layout ``<root>/<category>/<split>/...``); a path
+    of another layout raises ``ValueError``.  Not meant for multi-process (DDP) evaluation: the set of
+    categories is local to each process.
+
+    Example (YAML, inside an evaluator's ``test_metrics``)::
+
+        - class_path: anomalib_unias.metrics.PerCategory
+          init_args:
+            name: pixel_AP
+            metric:
+              class_path: anomalib.metrics.AUPR
+              init_args: {fields: [anomaly_map, gt_mask], strict: false, normalization: null}
+    """
+
+    def __init__(self, metric: AnomalibMetric, name: str | None = None, **kwargs) -> None:
+        super().__init__(fields=(*metric.fields, "image_path"), strict=metric.strict, **kwargs)
+        self.metric = metric
+        self.base_name = name or metric.name
+        self.name = f"{self.base_name}/mean"
+        self.register_state_dict_post_hook(_drop_per_category_state)
