@@ -1,0 +1,227 @@
+"""UniAS as an anomalib model ("Towards Accurate Unified Anomaly Segmentation", Ma et al., WACV 2025).
+
+One class-agnostic model reconstructs the Gaussian-blurred multi-level features of a frozen
+EfficientNet from their low-pass/high-pass split; the product of the per-level cosine-distance maps is
+the anomaly map.  Train it on one category or, as the paper does, on all categories at once (see
+:mod:`anomalib_unias.data`).
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_unias import UniAS
+    >>> from anomalib_unias.data import UniASDemo
+    >>> engine = Engine(max_epochs=1)
+    >>> engine.train(UniAS(backbone="tf_efficientnet_lite0"), datamodule=UniASDemo())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .data.visualizer import UnifiedImageVisualizer
+from .metrics import CategoryTablePrinter, unias_evaluator
+from .post_processor import UniASPostProcessor
+from .torch_model import UniASModel
+from .weights import create_backbone
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LEVEL_NAMES = ("stride16", "stride8", "stride4", "stride2")
+
+
+class UniAS(AnomalibModule):
+    """UniAS: unified anomaly segmentation by multi-level hybrid feature reconstruction.
+
+    Args:
+        backbone: timm CNN tapped at strides 2, 4, 8 and 16 (paper: ``tf_efficientnet_b4``).  The
+            ``tf_efficientnet_lite0/1/2`` ImageNet weights ship with this package and work offline.
+        pre_trained: Load ImageNet weights for the backbone.
+        weights: Optional local backbone weights file (overrides the download).
+        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224); the query grid is
+            input_size / 16.
+        pixel_dim: Pixel-decoder width (paper: 256).
+        hidden_dim: Query width (paper: 256).
+        num_heads: Attention heads (paper: 4).
+        ffn_dim: FFN width (paper: 2048).
+        num_encoder_layers: Pixel-decoder transformer encoder depth (paper: 3).
+        neighbour_size: Side of the neighbourhood each query may not attend to (paper: 7).
+        dropout: Transformer dropout (paper: 0.1).
+        jitter_scale: Feature-jitter scale (paper: 20).
+        jitter_prob: Per-level feature-jitter probability (paper: 0.5).
+        loss_weight: Reconstruction loss weight (paper: 10 on MVTec AD, 1 on VisA).
+        legacy_cos_sign: Add ``+cos`` to the loss as the reference code does, instead of the paper's
+            cosine distance ``1 - cos``.
+        learning_rate: AdamW learning rate (paper: 1e-4).
+        weight_decay: AdamW weight decay on every trainable parameter (paper: 1e-4).
+        lr_step_epochs: StepLR period in epochs (paper: 400).
+        lr_gamma: StepLR factor (paper: 0.1).
+        max_epochs: Leave ``None`` and set the trainer's ``max_epochs`` (YAML ``trainer:`` section or
+            ``--trainer.max_epochs``).  Set it only where no trainer section exists, as in
+            ``anomalib benchmark`` configs: it then overrides the trainer's value.
+        pre_processor: Pre-processor, or ``True`` for resize to ``input_size`` + ImageNet normalisation.
+        post_processor: Post-processor, or ``True`` for the default.
+        evaluator: Evaluator, or ``True`` for the default (pAP, DSC, AUROCs, AUPRO per category).
+        visualizer: Visualizer, or ``True`` for the default.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_b4",
+        pre_trained: bool = True,
+        weights: str | Path | None = None,
+        input_size: tuple[int, int] = (224, 224),
+        pixel_dim: int = 256,
+        hidden_dim: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int = 2048,
+        num_encoder_layers: int = 3,
+        neighbour_size: int = 7,
+        dropout: float = 0.1,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 0.5,
+        loss_weight: float = 10.0,
+        legacy_cos_sign: bool = False,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-4,
+        lr_step_epochs: int = 400,
+        lr_gamma: float = 0.1,
+        max_epochs: int | None = None,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        input_size = (int(input_size[0]), int(input_size[1]))
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(input_size)
+        super().__init__(
+            pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
+        )
+        self.model = UniASModel(
+            create_backbone(backbone, pre_trained=pre_trained, weights=weights),
+            input_size,
+            pixel_dim=pixel_dim,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            neighbour_size=neighbour_size,
+            dropout=dropout,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            loss_weight=loss_weight,
+            legacy_cos_sign=legacy_cos_sign,
+        )
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.lr_step_epochs = lr_step_epochs
+        self.lr_gamma = lr_gamma
+        self.max_epochs = max_epochs
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the model input (default 224 x 224) and normalise with ImageNet statistics.
+
+        anomalib applies the same resize to the ground-truth masks, so metrics are computed at model
+        resolution as in the paper (spec §8).
+        """
+        image_size = image_size or (224, 224)
+        return PreProcessor(
+            transform=Compose([Resize(image_size, antialias=True), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+        )
+
+    def configure_post_processor(self) -> UniASPostProcessor:
+        """anomalib's thresholding with a strictly monotone normalisation, so ranks (pAP, AUROC) survive."""
+        return UniASPostProcessor()
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image/pixel AUROC, pAP, the paper's DSC and AUPRO, per category and as a macro mean (spec §8)."""
+        return unias_evaluator()
+
+    @classmethod
+    def configure_visualizer(cls) -> UnifiedImageVisualizer:
+        """anomalib's image visualizer, saving under ``images/<category>/<defect>/`` for unified runs."""
+        return UnifiedImageVisualizer()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's component callbacks plus the per-category results table after testing."""
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, CategoryTablePrinter()]
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> UniAS:  # type: ignore[override]
+        """Load a checkpoint without downloading backbone weights: the checkpoint already holds them."""
+        kwargs.setdefault("pre_trained", False)
+        kwargs.setdefault("weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruction loss of the batch; logs the total and each level's unweighted term."""
+        del args, kwargs
+        loss, levels = self.model(batch.image)
+        batch_size = batch.image.shape[0]
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, batch_size=batch_size)
+        for name, level in zip(LEVEL_NAMES, levels, strict=False):
+            self.log(f"train_loss_{name}", level, on_step=False, on_epoch=True, logger=True, batch_size=batch_size)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores; returning the updated batch lets anomalib fit its thresholds."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """AdamW on the trainable parameters + StepLR stepped once per epoch (spec §7)."""
+        optimizer = torch.optim.AdamW(
+            (p for p in self.model.parameters() if p.requires_grad),
+            lr=self.learning_rate,
+            betas=(0.9, 0.999),
+            weight_decay=self.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """What must never change: gradient clipping at 0.1 (global L2 norm), no sanity validation.
+
+        anomalib lets these override the user's trainer flags, so epochs are left to the configs unless
+        ``max_epochs`` was given to the model (for ``anomalib benchmark``, which has no trainer section).
+        """
+        arguments: dict[str, Any] = {"gradient_clip_val": 0.1, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
+        if self.max_epochs is not None:
+            arguments["max_epochs"] = self.max_epochs
+        return arguments
+
+    @property
+    def learning_type(self) -> LearningType:
+        """UniAS learns from normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,259 @@
+"""The entry-point hook (``anomalib_plugin_hook``) with the real anomalib, in fresh interpreters.
+
+A virtual environment on top of the system site-packages gets the hook module and its ``.pth`` file
+exactly as a wheel installs them, plus a throwaway plugin distribution (``toy-anomalib-plugin``: a
+model, a data module, a broken entry point and one that is not a model).  The plugin is not this
+project, which proves the hook serves any plugin and that UniAS needs nothing special.  Each scenario
+runs in its own interpreter, all of them concurrently (importing anomalib takes ~10-15 s here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TOY_PACKAGE = {
+    "__init__.py": """
+        from .data import ToyData
+        from .model import ToyModel
+
+
+        def helper():
+            '''An entry point that is not a model.'''
+    """,
+    "model.py": """
+        from anomalib import LearningType
+        from anomalib.models.components import AnomalibModule
+
+
+        class ToyModel(AnomalibModule):
+            def __init__(self, width: int = 3) -> None:
+                super().__init__()
+                self.width = width
+
+            @property
+            def trainer_arguments(self) -> dict:
+                return {}
+
+            @property
+            def learning_type(self) -> LearningType:
+                return LearningType.ONE_CLASS
+    """,
+    "data.py": """
+        from anomalib.data import Folder
+
+
+        class ToyData(Folder):
+            pass
+    """,
+}
+
+ENTRY_POINTS = """
+    [anomalib.models]
+    ToyModel = toy_anomalib_plugin:ToyModel
+    BrokenModel = toy_anomalib_plugin:DoesNotExist
+    NotAModel = toy_anomalib_plugin:helper
+
+    [anomalib.data]
+    ToyData = toy_anomalib_plugin:ToyData
+"""
+
+# Shared by the scenarios: what the interpreter looked like before anything was imported, and a CLI run.
+PRELUDE = """
+    import contextlib, io, json, sys, warnings
+    START_MODULES = sorted(sys.modules)
+    HOOKED = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
+    warnings.simplefilter("always")
+    result = {"start_modules": START_MODULES, "hooked_at_start": HOOKED}
+
+    def cli_config(model, data):
+        import yaml
+        from anomalib.cli.cli import main
+        sys.argv = ["anomalib", "fit", "--model", model, "--data", data, "--data.name", "toy",
+                    "--data.normal_dir", "normal", "--print_config"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            main()
+        config = yaml.safe_load(out.getvalue()) or {}
+        return [config.get("model", {}).get("class_path"), config.get("data", {}).get("class_path")]
+"""
+
+SCENARIOS = {
+    # anomalib first, as the CLI, get_model and benchmark configs do.
+    "enabled": (
+        {},
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            import anomalib.models
+        from anomalib.data import get_datamodule
+        from anomalib.models import get_model
+        result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        result["hooked_after"] = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
+        result["loader"] = type(anomalib.models.__loader__).__name__
+        result["by_name"] = [get_model("ToyModel").width, get_model("toy_model").width]
+        result["by_class_path"] = get_model({"class_path": "ToyModel", "init_args": {"width": 5}}).width
+        result["by_full_class_path"] = get_model({"class_path": "toy_anomalib_plugin.ToyModel"}).width
+        data = get_datamodule({"class_path": "ToyData", "init_args": {"name": "toy", "normal_dir": "normal"}})
+        result["datamodule"] = type(data).__name__
+        result["cli"] = cli_config("ToyModel", "ToyData")
+        """,
+    ),
+    # The plugin first: it imports anomalib.models while being imported itself.
+    "plugin_first": (
+        {},
+        """
+        from toy_anomalib_plugin import ToyModel
+        from anomalib.data import get_datamodule
+        from anomalib.models import get_model
+        result["by_class_path"] = get_model({"class_path": "ToyModel", "init_args": {"width": 7}}).width
+        result["by_full_class_path"] = get_model({"class_path": "toy_anomalib_plugin.ToyModel"}).width
+        result["by_name"] = [get_model("ToyModel").width]
+        data = get_datamodule({"class_path": "ToyData", "init_args": {"name": "toy", "normal_dir": "normal"}})
+        result["datamodule"] = type(data).__name__
+        """,
+    ),
+    "disabled": (
+        {"ANOMALIB_PLUGINS_DISABLE": "1"},
+        """
+        from anomalib.models import UnknownModelError, get_model
+        try:
+            get_model("ToyModel")
+            result["by_name"] = "found"
+        except UnknownModelError:
+            result["by_name"] = "unknown"
+        result["cli"] = cli_config("toy_anomalib_plugin.ToyModel", "toy_anomalib_plugin.ToyData")
+        """,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv (system site-packages visible) holding the hook, its .pth and the toy plugin; returns its python."""
+    root = tmp_path_factory.mktemp("hook_venv")
+    venv.create(root, system_site_packages=True, with_pip=False, symlinks=True)
+    python = root / "bin" / "python"
+    site_packages = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
+    )
+    for name in ("anomalib_plugin_hook.py", "anomalib_plugin_hook.pth"):
+        shutil.copy(REPO_ROOT / name, site_packages / name)
+    package = site_packages / "toy_anomalib_plugin"
+    package.mkdir()
+    for name, source in TOY_PACKAGE.items():
+        (package / name).write_text(textwrap.dedent(source))
+    dist_info = site_packages / "toy_anomalib_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-anomalib-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS))
+    return python
+
+
+@pytest.fixture(scope="module")
+def results(plugin_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Run every scenario concurrently; return each one's JSON result."""
+    workdir = tmp_path_factory.mktemp("hook_runs")
+    base_env = {k: v for k, v in os.environ.items() if k not in {"ANOMALIB_PLUGINS_DISABLE", "PYTHONPATH"}}
+    processes = {}
+    for name, (extra_env, body) in SCENARIOS.items():
+        script = textwrap.dedent(PRELUDE) + textwrap.dedent(body) + "\nprint('RESULT' + json.dumps(result))\n"
+        processes[name] = subprocess.Popen(
+            [plugin_env, "-c", script],
+            cwd=workdir,
+            env={**base_env, **extra_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    outputs = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
+        assert process.returncode == 0, f"scenario {name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+        assert lines, f"scenario {name} printed no result:\n{stdout[-3000:]}"
+        outputs[name] = json.loads(lines[-1].removeprefix("RESULT"))
+    return outputs
+
+
+def test_hook_costs_one_module_at_startup(results: dict[str, dict]) -> None:
+    """At interpreter start the hook is installed and imports nothing (no anomalib, torch, importlib.metadata)."""
+    enabled, disabled = results["enabled"], results["disabled"]
+    assert enabled["hooked_at_start"]
+    assert not disabled["hooked_at_start"]
+    assert "anomalib_plugin_hook" in enabled["start_modules"]
+    # Both runs import the hook module (the .pth does); install() itself must not import anything.
+    assert set(enabled["start_modules"]) == set(disabled["start_modules"])
+    heavy = {"anomalib", "anomalib_unias", "toy_anomalib_plugin", "torch"}
+    assert not [name for name in enabled["start_modules"] if name.split(".")[0] in heavy]
+
+
+def test_hook_registers_plugin_models_and_data(results: dict[str, dict]) -> None:
+    """get_model by name and by class_path, get_datamodule and the CLI's short names all find the plugin."""
+    enabled = results["enabled"]
+    assert enabled["by_name"] == [3, 3]
+    assert enabled["by_class_path"] == 5
+    assert enabled["by_full_class_path"] == 3
+    assert enabled["datamodule"] == "ToyData"
+    assert enabled["cli"] == ["toy_anomalib_plugin.ToyModel", "toy_anomalib_plugin.ToyData"]
+
+
+def test_hook_leaves_no_trace_after_use(results: dict[str, dict]) -> None:
+    """Once anomalib.models and anomalib.data are imported the finder is gone and the real loader is back."""
+    assert not results["enabled"]["hooked_after"]
+    assert results["enabled"]["loader"] == "SourceFileLoader"
+
+
+def test_broken_entry_points_only_warn(results: dict[str, dict]) -> None:
+    """A failing or wrong entry point is skipped with a warning naming it; the others still work."""
+    warnings = results["enabled"]["warnings"]
+    broken = [w for w in warnings if "'BrokenModel = toy_anomalib_plugin:DoesNotExist'" in w]
+    not_a_model = [w for w in warnings if "'NotAModel = toy_anomalib_plugin:helper'" in w]
+    assert broken
+    assert "toy-anomalib-plugin" in broken[0]
+    assert "AttributeError" in broken[0]
+    assert not_a_model
+    assert "not a subclass" in not_a_model[0]
+
+
+def test_plugin_imported_before_anomalib(results: dict[str, dict]) -> None:
+    """A plugin that imports anomalib.models from its own __init__ is registered lazily, still by every route."""
+    first = results["plugin_first"]
+    assert first["by_class_path"] == 7
+    assert first["by_full_class_path"] == 3
+    assert first["by_name"] == [3]
+    assert first["datamodule"] == "ToyData"
+
+
+def test_disabled_hook_keeps_full_class_paths(results: dict[str, dict]) -> None:
+    """ANOMALIB_PLUGINS_DISABLE=1: short names are unknown, but --model package.Class works as in plain anomalib."""
+    disabled = results["disabled"]
+    assert disabled["by_name"] == "unknown"
+    assert disabled["cli"] == ["toy_anomalib_plugin.ToyModel", "toy_anomalib_plugin.ToyData"]
+
+
+def test_pth_file_imports_only_the_standalone_hook() -> None:
+    """The .pth line must not import a package (that would load torch/anomalib at every interpreter start)."""
+    lines = [line for line in (REPO_ROOT / "anomalib_plugin_hook.pth").read_text().splitlines() if line.strip()]
+    assert lines == ["import anomalib_plugin_hook; anomalib_plugin_hook.install()"]
+    hook_imports = [
+        line.split()[1]
+        for line in (REPO_ROOT / "anomalib_plugin_hook.py").read_text().splitlines()
+        if line.startswith(("import ", "from "))
+    ]
+    assert hook_imports == ["os", "sys"]
+    assert sys.version_info >= (3, 10)  # entry_points(group=...) API used by the hook
