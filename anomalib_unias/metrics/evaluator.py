@@ -32,11 +32,14 @@ class PerCategoryEvaluator(Evaluator):
         super().on_test_epoch_end(trainer, pl_module)
 
     def _log_per_category(self, trainer: Trainer, metrics: Iterable[Metric]) -> None:
+        per_metric = [(metric, metric.compute_per_category()) for metric in metrics if isinstance(metric, PerCategory)]
+        # A single category's value is its mean already; logging it twice would also give single-category
+        # runs other metric names than each other, which anomalib's benchmark cannot collect into one CSV.
         values = {
             f"{metric.base_name}/{category}": value
-            for metric in metrics
-            if isinstance(metric, PerCategory)
-            for category, value in metric.compute_per_category().items()
+            for metric, categories in per_metric
+            if len(categories) > 1
+            for category, value in categories.items()
         }
         if not values:
             return
