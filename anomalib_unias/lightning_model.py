@@ -137,11 +137,13 @@ class UniAS(AnomalibModule):
         """Resize to the model input (default 224 x 224) and normalise with ImageNet statistics.
 
         anomalib applies the same resize to the ground-truth masks, so metrics are computed at model
-        resolution as in the paper (spec §8).
+        resolution as in the paper (spec §8).  The resize is not antialiased: the exported graph's resize
+        cannot be (ONNX/OpenVINO), and the same resize in training, ``anomalib test`` and deployment keeps
+        exported scores equal to the checkpoint's.
         """
         image_size = image_size or (224, 224)
         return PreProcessor(
-            transform=Compose([Resize(image_size, antialias=True), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+            transform=Compose([Resize(image_size, antialias=False), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
         )
 
     def configure_post_processor(self) -> UniASPostProcessor:

@@ -1,0 +1,129 @@
+"""OpenVINO FP32, FP16 and INT8 models of a UniAS model from ONE export (used by ``benchmarks/``).
+
+anomalib's ``to_openvino`` re-runs the dynamo ONNX export (about a minute for a tiny model on two
+cores) for every compression type.  :func:`export_openvino_precisions` runs anomalib's ``to_openvino``
+once (FP32: pre-processing, model and post-processing in one graph) and derives the other precisions
+from that model the way anomalib does after its conversion:
+
+* FP16: ``ov.save_model(model, compress_to_fp16=True)`` (anomalib's ``CompressionType.FP16``);
+* INT8: ``nncf.quantize`` post-training quantisation (anomalib's ``CompressionType.INT8_PTQ`` calls it
+  with NNCF's defaults and the data module's validation images); here the calibration images are
+  given explicitly, and :data:`INT8_VARIANTS` offers variants that keep parts of the graph in FP32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nncf
+import numpy as np
+import openvino as ov
+
+if TYPE_CHECKING:
+    from .lightning_model import UniAS
+
+INT8_VARIANTS = {
+    "anomalib": "NNCF defaults, as anomalib's INT8_PTQ",
+    "map-fp32": "cosine distances, map fusion and normalisation kept in FP32",
+    "matmul-fp32": "attention and FFN matrix products kept in FP32 (convolutions INT8)",
+}
+"""INT8 post-training quantisation variants of :func:`quantize_int8` and what each keeps in FP32."""
+
+
+def anomaly_map_ops(model: ov.Model) -> list[str]:
+    """Friendly names of the ops that turn reconstructions and targets into the outputs.
+
+    That is everything downstream of the per-level cosine similarities (their ``ReduceL2`` norms and the
+    ``ReduceSum`` of the products, plus those products): ``1 - cos``, resizing, Gaussian smoothing, the
+    product of the levels, the image score and the post-processor's normalisation and thresholding.
+
+    Raises:
+        ValueError: the graph has no cosine similarity (not a UniAS model).
+    """
+    ops = model.get_ordered_ops()
+    seeds = [op for op in ops if op.get_type_name() in {"ReduceL2", "ReduceSum"}]
+    if not seeds:
+        msg = "No cosine similarity (ReduceL2/ReduceSum) found in the graph; is this a UniAS export?"
+        raise ValueError(msg)
+    names: set[str] = set()
+    stack = list(seeds)
+    stack += [
+        inp.get_source_output().get_node()
+        for op in seeds
+        if op.get_type_name() == "ReduceSum"
+        for inp in op.inputs()
+        if inp.get_source_output().get_node().get_type_name() == "Multiply"
+    ]
+    while stack:
+        op = stack.pop()
+        if op.get_friendly_name() in names or op.get_type_name() == "Result":
+            continue
+        names.add(op.get_friendly_name())
+        stack += [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
+    return sorted(names)
+
+
+def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = "anomalib") -> ov.Model:
+    """INT8 post-training quantisation of an OpenVINO UniAS model with NNCF.
+
+    Args:
+        model: The FP32 model (left unchanged; a copy is quantised).
+        images: Calibration inputs as fed to the model, each ``(N, 3, H, W)`` float32 in [0, 1]; all are
+            used (NNCF's ``subset_size``).
+        variant: One of :data:`INT8_VARIANTS`.
+    """
+    if variant not in INT8_VARIANTS:
+        msg = f"Unknown INT8 variant {variant!r}; choose from {list(INT8_VARIANTS)}."
+        raise ValueError(msg)
+    if not images:
+        msg = "INT8 quantisation needs at least one calibration image."
+        raise ValueError(msg)
+    kwargs: dict[str, Any] = {}
+    if variant == "map-fp32":
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=anomaly_map_ops(model), validate=False)
+    elif variant == "matmul-fp32":
+        kwargs["ignored_scope"] = nncf.IgnoredScope(types=["MatMul", "ScaledDotProductAttention"], validate=False)
+    return nncf.quantize(model.clone(), nncf.Dataset(list(images)), subset_size=len(images), **kwargs)
+
+
+def export_openvino_precisions(
+    model: UniAS,
+    export_root: str | Path,
+    calibration_images: Sequence[np.ndarray] = (),
+    input_size: tuple[int, int] | None = None,
+    int8_variants: Iterable[str] = ("anomalib",),
+    onnx_kwargs: dict[str, Any] | None = None,
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Export ``model`` once with anomalib's ``to_openvino`` and save its FP16 and INT8 versions.
+
+    Args:
+        model: The UniAS model (trained or not) on CPU.
+        export_root: Output folder; the models go to ``<export_root>/weights/openvino/<name>.xml``.
+        calibration_images: Inputs for INT8 calibration (see :func:`quantize_int8`); no INT8 model when empty.
+        input_size: ``None`` for anomalib's default dynamic (N, 3, H, W) input, else a fixed (H, W) with a
+            dynamic batch.
+        int8_variants: :data:`INT8_VARIANTS` to save; ``"anomalib"`` is saved as ``int8``, another
+            variant ``v`` as ``int8-v``.
+        onnx_kwargs: Passed to ``torch.onnx.export`` (e.g. ``{"optimize": False}`` for a faster export).
+
+    Returns:
+        The model files by name (``fp32``, ``fp16``, ``int8``, ...) and the seconds each one took.
+    """
+    start = time.perf_counter()
+    fp32 = model.to_openvino(export_root, "fp32", input_size=input_size, onnx_kwargs=onnx_kwargs)
+    paths, seconds = {"fp32": fp32}, {"fp32": time.perf_counter() - start}
+    ov_model = ov.Core().read_model(fp32)
+    start = time.perf_counter()
+    paths["fp16"] = fp32.with_name("fp16.xml")
+    ov.save_model(ov_model, paths["fp16"], compress_to_fp16=True)
+    seconds["fp16"] = time.perf_counter() - start
+    for variant in int8_variants if calibration_images else ():
+        name = "int8" if variant == "anomalib" else f"int8-{variant}"
+        start = time.perf_counter()
+        paths[name] = fp32.with_name(f"{name}.xml")
+        ov.save_model(quantize_int8(ov_model, calibration_images, variant), paths[name], compress_to_fp16=False)
+        seconds[name] = time.perf_counter() - start
+    return paths, seconds

@@ -1,0 +1,309 @@
+"""Export through anomalib's unchanged path: ``Engine.export``, the ``anomalib export`` CLI, OpenVINOInferencer.
+
+One tiny UniAS is trained for two steps on the demo data (validation fits the post-processor's
+thresholds), then exported once in-process (OpenVINO FP32, anomalib's default dynamic input size) and
+once through the real CLI in a subprocess (OpenVINO INT8 PTQ calibrated on the demo data module), the
+two running in parallel.  FP16 is the FP32 model saved with ``compress_to_fp16=True``, which is exactly
+what anomalib's ``CompressionType.FP16`` does after the conversion.  Exports take about a minute each on
+two cores, so everything is shared through module-scoped fixtures (the whole file: ~2.5 min).
+
+Run ``pytest tests/test_export.py -s`` to see the measured FP32/FP16/INT8 differences.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from anomalib.data import InferenceBatch, NumpyImageBatch
+from anomalib.data.utils import read_image
+from anomalib.deploy import OpenVINOInferencer
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_unias import UniAS
+from anomalib_unias.data import UniASDemo
+from anomalib_unias.lightning_model import IMAGENET_MEAN
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "backbone": "tf_efficientnet_lite0",
+    "input_size": (64, 64),
+    "pixel_dim": 32,
+    "hidden_dim": 32,
+    "ffn_dim": 64,
+    "num_encoder_layers": 1,
+    "neighbour_size": 3,
+}
+OUTPUTS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
+CLI_TIMEOUT_S = 900
+CLI_MAIN = "from anomalib.cli.cli import main; main()"  # what the `anomalib` console script runs
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def demo(work: Path) -> UniASDemo:
+    datamodule = UniASDemo(root=work / "demo", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    datamodule.prepare_data()
+    return datamodule
+
+
+@pytest.fixture(scope="module")
+def checkpoint(work: Path, demo: UniASDemo) -> Path:
+    """A real checkpoint: two training steps, then validation fits thresholds and min/max."""
+    seed_everything(0)
+    model = UniAS(**TINY)
+    engine = Engine(
+        max_epochs=1,
+        limit_train_batches=2,
+        default_root_dir=work / "train",
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+    )
+    engine.fit(model, datamodule=demo)
+    path = Path(engine.trainer.checkpoint_callback.best_model_path)
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_int8(work: Path, demo: UniASDemo, checkpoint: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
+    """Start ``anomalib export ... --compression_type INT8_PTQ --data UniASDemo`` in the background.
+
+    ``--model.pre_trained false``: the CLI first builds the model from its (default) init args before
+    ``Engine.export`` loads the checkpoint; offline, the default B4 weights cannot be fetched.
+    """
+    export_root = work / "cli_int8"
+    log = work / "cli_int8.log"
+    executable = Path(sys.executable).with_name("anomalib")
+    command = [str(executable)] if executable.is_file() else [sys.executable, "-c", CLI_MAIN]
+    command += [
+        "export",
+        "--model", "anomalib_unias.UniAS",
+        "--model.pre_trained", "false",
+        "--ckpt_path", str(checkpoint),
+        "--export_type", "openvino",
+        "--compression_type", "INT8_PTQ",
+        "--data", "anomalib_unias.data.UniASDemo",
+        "--data.root", str(demo.root),
+        "--data.num_workers", "0",
+        "--export_root", str(export_root),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env["HF_HUB_OFFLINE"] = "1"
+    with log.open("w") as stream:
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=stream, stderr=subprocess.STDOUT)  # noqa: S603
+    yield process, export_root / "weights" / "openvino" / "model.xml", log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def fp32_xml(work: Path, checkpoint: Path, cli_int8: tuple) -> Path:
+    """anomalib's unchanged path: ``Engine.export(export_type="openvino", ckpt_path=...)``, default input size."""
+    del cli_int8  # started first so that both exports run at the same time
+    model = UniAS(**TINY, pre_trained=False)
+    path = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=work / "fp32").export(
+        model, export_type="openvino", ckpt_path=checkpoint, export_root=work / "fp32"
+    )
+    assert path is not None
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp16_xml(work: Path, fp32_xml: Path) -> Path:
+    """``CompressionType.FP16`` = the converted model saved with ``compress_to_fp16=True`` (anomalib's code)."""
+    path = work / "fp16" / "model.xml"
+    ov.save_model(ov.Core().read_model(fp32_xml), path, compress_to_fp16=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def eager(checkpoint: Path) -> UniAS:
+    """The checkpoint as ``Engine.export`` loads it, in eval mode."""
+    return UniAS.load_from_checkpoint(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def image_files(work: Path, demo: UniASDemo) -> list[Path]:
+    """Demo test images of every category (normal and defective, 256 x 256) and a 300 x 200 JPG copy."""
+    files = [
+        demo.root / category / "test" / defect / "000.png"
+        for category in ("brick", "grass", "gravel")
+        for defect in ("good", "texture", "scratch")
+    ]
+    resized = work / "resized_300x200.jpg"
+    cv2.imwrite(str(resized), cv2.resize(cv2.imread(str(files[1])), (300, 200), interpolation=cv2.INTER_AREA))
+    return [*files, resized]
+
+
+@pytest.fixture(scope="module")
+def references(eager: UniAS, image_files: list[Path]) -> list[InferenceBatch]:
+    """PyTorch eager on the same files: ``AnomalibModule.forward`` = pre-processor, model, post-processor."""
+    with torch.inference_mode():
+        return [eager(read_image(path, as_tensor=True)[None]) for path in image_files]
+
+
+def _predict(xml: Path, files: list[Path], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> list[NumpyImageBatch]:
+    monkeypatch.chdir(cwd)  # OpenVINOInferencer creates ./openvino_cache
+    inferencer = OpenVINOInferencer(xml, device="CPU")
+    return [inferencer.predict(path) for path in files]
+
+
+def _differences(outputs: list[NumpyImageBatch], references: list[InferenceBatch]) -> dict[str, float]:
+    """Largest differences over the images; maps relative to each reference map's range."""
+    pairs = list(zip(outputs, references, strict=True))
+    ref_scores = np.concatenate([ref.pred_score.numpy() for ref in references])
+    out_scores = np.concatenate([out.pred_score for out in outputs])
+    ref_maps = np.concatenate([ref.anomaly_map.numpy().ravel() for ref in references])
+    out_maps = np.concatenate([out.anomaly_map.ravel() for out in outputs])
+    return {
+        "map_rel": max(
+            float(np.abs(out.anomaly_map.squeeze() - ref.anomaly_map.numpy().squeeze()).max())
+            / float(ref.anomaly_map.max() - ref.anomaly_map.min())
+            for out, ref in pairs
+        ),
+        "score_rel": float(np.abs(out_scores - ref_scores).max() / (ref_scores.max() - ref_scores.min())),
+        "map_corr": float(np.corrcoef(out_maps, ref_maps)[0, 1]),
+        "score_corr": float(np.corrcoef(out_scores, ref_scores)[0, 1]),
+        "labels_equal": float(np.mean([np.array_equal(out.pred_label, ref.pred_label.numpy()) for out, ref in pairs])),
+        "mask_agreement": float(
+            np.mean([np.mean(out.pred_mask.squeeze() == ref.pred_mask.numpy().squeeze()) for out, ref in pairs])
+        ),
+    }
+
+
+def _assert_sane(outputs: list[NumpyImageBatch], input_size: tuple[int, int]) -> None:
+    for out in outputs:
+        assert out.anomaly_map.shape == (1, 1, *input_size)
+        assert out.pred_mask.squeeze().shape == input_size
+        assert out.pred_score.shape == out.pred_label.shape == (1,)
+        assert np.isfinite(out.anomaly_map).all()
+        assert np.isfinite(out.pred_score).all()
+        assert (out.anomaly_map >= 0).all()
+        assert (out.anomaly_map < 1).all()
+
+
+def test_checkpoint_has_fitted_post_processing(eager: UniAS) -> None:
+    post = eager.post_processor
+    for value in (post.image_threshold, post.pixel_threshold, post.image_min, post.image_max, post.pixel_min):
+        assert torch.isfinite(value)
+        assert value > 0
+
+
+def test_exported_graph_holds_pre_and_post_processing(fp32_xml: Path) -> None:
+    """Dynamic (N, 3, H, W) input resized inside the graph, ImageNet normalisation, normalised outputs."""
+    model = ov.Core().read_model(fp32_xml)
+    shape = model.input(0).get_partial_shape()
+    assert shape.rank.get_length() == 4
+    assert shape[1].get_length() == 3
+    assert shape[0].is_dynamic
+    assert shape[2].is_dynamic
+    assert shape[3].is_dynamic
+    outputs = {output.get_any_name(): output for output in model.outputs}
+    assert set(outputs) == OUTPUTS
+    assert str(outputs["anomaly_map"].get_partial_shape()) == "[?,1,64,64]"
+    assert outputs["pred_label"].get_element_type() == ov.Type.boolean
+    assert outputs["pred_mask"].get_element_type() == ov.Type.boolean
+    ops = model.get_ordered_ops()
+    resized = [str(op.get_output_partial_shape(0)) for op in ops if op.get_type_name() == "Interpolate"]
+    assert "[?,3,64,64]" in resized, "no resize of the input image to 64 x 64 in the graph"
+    # OpenVINO folds the division by the std into the first convolution; the mean subtraction stays.
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    constants = [op.get_data().ravel() for op in ops if op.get_type_name() == "Constant" and op.get_output_size() == 1]
+    assert any(c.size == 3 and np.allclose(np.abs(c), mean, atol=1e-6) for c in constants), "no ImageNet mean"
+
+
+def test_inferencer_reads_files_like_read_image_as_tensor(image_files: list[Path]) -> None:
+    """OpenVINOInferencer reads ``np.array(PIL) / 255.0``; ``read_image(as_tensor=True)`` scales in float32."""
+    for path in image_files:
+        numpy_image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))
+        tensor_image = read_image(path, as_tensor=True)[None].numpy()
+        assert numpy_image.shape == tensor_image.shape
+        assert np.abs(numpy_image - tensor_image).max() <= 6e-8  # one float32 ulp at most
+
+
+def test_openvino_fp32_matches_pytorch_on_files_of_any_size(
+    fp32_xml: Path,
+    image_files: list[Path],
+    references: list[InferenceBatch],
+    eager: UniAS,
+    work: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outputs = _predict(fp32_xml, image_files, work, monkeypatch)
+    _assert_sane(outputs, TINY["input_size"])
+    diff = _differences(outputs, references)
+    print(f"\nOpenVINO FP32 vs PyTorch eager: {diff}")
+    assert diff["map_rel"] <= 1e-4
+    assert diff["score_rel"] <= 1e-4
+    assert diff["labels_equal"] == 1
+    for out, ref in zip(outputs, references, strict=True):
+        ref_map = ref.anomaly_map.numpy().squeeze()
+        decided = np.abs(ref_map - 0.5) > 1e-4 * (ref_map.max() - ref_map.min())  # masks may differ only at 0.5
+        assert np.array_equal(out.pred_mask.squeeze()[decided], ref.pred_mask.numpy().squeeze()[decided])
+        # the normalisation s / (s + t) with the fitted threshold t and thresholding at 0.5 are in the graph
+        assert np.array_equal(out.pred_mask.squeeze(), out.anomaly_map.squeeze() > 0.5)
+        assert np.array_equal(out.pred_label, out.pred_score > 0.5)
+    with torch.inference_mode():
+        raw = eager.model(eager.pre_processor(read_image(image_files[-1], as_tensor=True)[None]))
+    threshold = eager.post_processor.pixel_threshold
+    expected = (raw.anomaly_map / (raw.anomaly_map + threshold)).numpy()
+    assert np.abs(outputs[-1].anomaly_map - expected).max() <= 1e-5
+
+
+def test_openvino_fp16_runs_close_to_fp32(
+    fp16_xml: Path,
+    image_files: list[Path],
+    references: list[InferenceBatch],
+    work: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = ov.Core().read_model(fp16_xml)
+    assert any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in model.get_ops())
+    outputs = _predict(fp16_xml, image_files, work, monkeypatch)
+    _assert_sane(outputs, TINY["input_size"])
+    diff = _differences(outputs, references)
+    print(f"\nOpenVINO FP16 vs PyTorch eager: {diff}")
+    assert diff["map_corr"] > 0.999
+    assert diff["map_rel"] < 0.05
+
+
+def test_cli_int8_ptq_export_runs(
+    cli_int8: tuple[subprocess.Popen, Path, Path],
+    image_files: list[Path],
+    references: list[InferenceBatch],
+    work: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    process, xml, log = cli_int8
+    try:
+        returncode = process.wait(timeout=CLI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"anomalib export did not finish in {CLI_TIMEOUT_S} s; log: {log}")
+    assert returncode == 0, log.read_text()[-3000:]
+    assert xml.is_file()
+    model = ov.Core().read_model(xml)
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    outputs = _predict(xml, image_files, work, monkeypatch)
+    _assert_sane(outputs, TINY["input_size"])
+    diff = _differences(outputs, references)
+    print(f"\nOpenVINO INT8 (anomalib INT8_PTQ) vs PyTorch eager: {diff}")
+    assert diff["map_corr"] > 0.5  # a two-step model; see benchmarks/int8_accuracy.py for real accuracy
+
