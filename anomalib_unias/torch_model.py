@@ -122,10 +122,7 @@ class UniASModel(nn.Module):
             raise ValueError(msg)
         self.backbone = backbone
         self.head = UniASHead(backbone.channels, input_size, **head_kwargs)
-        # Channels-last activations let oneDNN/cuDNN run the 3x3 convolutions (about 75% of the FLOPs,
-        # spec §9) faster; the arithmetic is the same up to summation order.
-        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``."""
-        return self.head(self.backbone(images.contiguous(memory_format=torch.channels_last)))
+        return self.head(self.backbone(images))

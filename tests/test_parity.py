@@ -32,13 +32,9 @@ def grid_to_reference(grid: torch.Tensor) -> torch.Tensor:
     return grid.flatten(2).permute(2, 0, 1)
 
 
-@pytest.fixture(scope="module", params=[torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-def parity_run(request: pytest.FixtureRequest) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
-    """Run the converted head on the fixture inputs; return (ours, reference, weights digest).
-
-    Both memory formats: UniASModel runs channels-last, the reference contiguous.
-    """
-    memory_format = request.param
+@pytest.fixture(scope="module")
+def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """Run the converted head on the fixture inputs; return (ours, reference, weights digest)."""
     require_reference()
     torch.set_num_threads(2)
     reference = load_file(FIXTURE_FILE)
@@ -47,7 +43,7 @@ def parity_run(request: pytest.FixtureRequest) -> tuple[dict[str, torch.Tensor],
     assert not dropped
     head = UniASHead([24, 32, 56, 160], input_size=(224, 224))
     head.load_state_dict({k.removeprefix("head."): v for k, v in converted.items()}, strict=True)
-    head.to(memory_format=memory_format).eval()
+    head.eval()
 
     captured: dict[str, torch.Tensor] = {}
 
@@ -62,7 +58,7 @@ def parity_run(request: pytest.FixtureRequest) -> tuple[dict[str, torch.Tensor],
     for level, adaptor in enumerate(decoder.adaptors):
         adaptor.register_forward_hook(keep(f"dec.stage{level}.tokens", grid_to_reference))
 
-    features = [reference[f"input.feat.res{i}"].contiguous(memory_format=memory_format) for i in (1, 2, 3, 4)]
+    features = [reference[f"input.feat.res{i}"] for i in (1, 2, 3, 4)]
     with torch.no_grad():
         result = head.reconstruct(features)
         level_maps = head.anomaly_map.level_maps(result.reconstructions, result.targets)
