@@ -189,9 +189,9 @@ class UniAS(AnomalibModule):
         del args, kwargs
         loss, levels = self.model(batch.image)
         batch_size = batch.image.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, batch_size=batch_size)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
         for name, level in zip(LEVEL_NAMES, levels, strict=False):
-            self.log(f"train_loss_{name}", level, on_step=False, on_epoch=True, logger=True, batch_size=batch_size)
+            self.log(f"train_loss_{name}", level, on_step=False, on_epoch=True, batch_size=batch_size)
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

@@ -1,0 +1,95 @@
+"""The UniAS AnomalibModule: construction offline, training recipe, steps (spec §7, §12)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from anomalib.data import ImageBatch
+
+from anomalib_unias import UniAS
+from anomalib_unias.weights import WeightsUnavailableError, create_backbone
+
+TINY = {
+    "input_size": (64, 64),
+    "pixel_dim": 32,
+    "hidden_dim": 32,
+    "ffn_dim": 64,
+    "num_encoder_layers": 1,
+    "neighbour_size": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> UniAS:
+    return UniAS(backbone="tf_efficientnet_lite0", **TINY)
+
+
+def test_builds_offline_with_bundled_lite0_weights(model: UniAS, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bundled = create_backbone("tf_efficientnet_lite0", pre_trained=True)
+    random = create_backbone("tf_efficientnet_lite0", pre_trained=False)
+    ours = model.model.backbone.network.conv_stem.weight
+    assert torch.equal(ours, bundled.network.conv_stem.weight)
+    assert not torch.equal(ours, random.network.conv_stem.weight)
+
+
+def test_unavailable_backbone_weights_fail_fast_with_the_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as error:
+        UniAS(backbone="tf_efficientnet_b4", **TINY)
+    assert time.perf_counter() - start < 10
+    message = str(error.value)
+    for fix in ("weights", "tf_efficientnet_lite0", "pre_trained"):
+        assert fix in message
+
+
+def test_trainer_arguments_hold_only_fixed_settings(model: UniAS) -> None:
+    assert model.trainer_arguments == {
+        "gradient_clip_val": 0.1,
+        "gradient_clip_algorithm": "norm",
+        "num_sanity_val_steps": 0,
+    }
+    benchmark_model = UniAS(backbone="tf_efficientnet_lite0", pre_trained=False, max_epochs=3, **TINY)
+    assert benchmark_model.trainer_arguments["max_epochs"] == 3
+
+
+def test_optimiser_is_adamw_on_the_head_with_step_lr(model: UniAS) -> None:
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"]) == (1e-4, 1e-4, (0.9, 0.999))
+    optimised = {id(p) for p in group["params"]}
+    assert optimised == {id(p) for p in model.model.head.parameters()}
+    assert not optimised & {id(p) for p in model.model.backbone.parameters()}
+    assert (scheduler.step_size, scheduler.gamma, config["lr_scheduler"]["interval"]) == (400, 0.1, "epoch")
+
+
+def test_pre_processor_resizes_to_the_input_size_without_antialias(model: UniAS) -> None:
+    resize = model.pre_processor.transform.transforms[0]
+    assert list(resize.size) == [64, 64]
+    assert resize.antialias is False
+    image = torch.rand(1, 3, 100, 80)
+    assert model.pre_processor.transform(image).shape == (1, 3, 64, 64)
+
+
+def test_training_and_validation_steps(model: UniAS) -> None:
+    batch = ImageBatch(
+        image=torch.rand(2, 3, 64, 64),
+        gt_label=torch.tensor([0, 1]),
+        gt_mask=torch.zeros(2, 64, 64, dtype=torch.bool),
+        image_path=["a/cat/test/good/0.png", "a/cat/test/bad/1.png"],
+    )
+    model.train()
+    loss = model.training_step(batch)["loss"]
+    assert loss.ndim == 0
+    assert loss.requires_grad
+    model.eval()
+    with torch.no_grad():
+        out = model.validation_step(batch)
+    assert out is batch
+    assert out.anomaly_map.shape == (2, 1, 64, 64)
+    assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).amax(1))
