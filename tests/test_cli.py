@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-TINY_ARGS = {
-    "backbone": "tf_efficientnet_lite0",
-    "input_size": [64, 64],
-    "pixel_dim": 32,
-    "hidden_dim": 32,
-    "ffn_dim": 64,
-    "num_encoder_layers": 1,
-    "neighbour_size": 3,
-}
+from .tiny import TINY_UNIAS
+
+TINY_ARGS = {**TINY_UNIAS, "input_size": list(TINY_UNIAS["input_size"])}  # YAML/CLI spelling
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "pixel_AUPRO")
 CATEGORIES = ("brick", "grass", "gravel")
 

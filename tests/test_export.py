@@ -33,16 +33,10 @@ from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
 from anomalib_unias.lightning_model import IMAGENET_MEAN
 
+from .tiny import TINY_UNIAS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "backbone": "tf_efficientnet_lite0",
-    "input_size": (64, 64),
-    "pixel_dim": 32,
-    "hidden_dim": 32,
-    "ffn_dim": 64,
-    "num_encoder_layers": 1,
-    "neighbour_size": 3,
-}
+TINY = TINY_UNIAS
 OUTPUTS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 CLI_TIMEOUT_S = 900
 CLI_MAIN = "from anomalib.cli.cli import main; main()"  # what the `anomalib` console script runs

@@ -11,14 +11,9 @@ from anomalib.data import ImageBatch
 from anomalib_unias import UniAS
 from anomalib_unias.weights import WeightsUnavailableError, create_backbone
 
-TINY = {
-    "input_size": (64, 64),
-    "pixel_dim": 32,
-    "hidden_dim": 32,
-    "ffn_dim": 64,
-    "num_encoder_layers": 1,
-    "neighbour_size": 3,
-}
+from .tiny import TINY_UNIAS
+
+TINY = {k: v for k, v in TINY_UNIAS.items() if k != "backbone"}
 
 
 @pytest.fixture(scope="module")
