@@ -44,7 +44,7 @@ from anomalib_unias.data import (
 )
 from anomalib_unias.data import augmentation as paper_lists
 
-MTD_ROOT = Path("/work/shared/data/mtd")
+MTD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"  # ../shared beside the repo
 DEMO_TRAIN, DEMO_TEST_GOOD, DEMO_TEST_DEFECT = 40, 10, 15  # generate_demo_dataset defaults
 
 
