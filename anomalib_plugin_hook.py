@@ -11,27 +11,34 @@ anomalib 2.7 has no plugin mechanism.  Its name lookups only see classes that ar
 
 So a plugin class must be imported and set as an attribute of ``anomalib.models`` / ``anomalib.data``
 before any of these run.  A ``.pth`` file in site-packages calls :func:`install` at interpreter start;
-it puts a finder at the front of ``sys.meta_path`` that answers nothing itself: for the two module
-names ``anomalib.models`` and ``anomalib.data`` it takes the spec from the finders behind it and wraps
-the loader, so that right after the module's code has run, every entry point of the group of the same
-name (from every installed distribution, so it serves any plugin) is loaded and registered:
+it puts a finder at the front of ``sys.meta_path`` that answers nothing itself: for anomalib's modules
+(itself, its public sub-packages, and the modules it serves or fixes) it takes the spec from the finders
+behind it and wraps the loader, so that it knows when the outermost anomalib import has finished.  Once ``anomalib.models`` or ``anomalib.data`` has run and no anomalib module is
+executing any more, every entry point of the group of the same name (from every installed
+distribution, so it serves any plugin) is loaded and registered:
 
 - ``setattr(anomalib.models, ep.name, cls)`` (resp. ``anomalib.data``), through ``sys.modules``
   because ``anomalib.models`` is not yet an attribute of ``anomalib`` while anomalib imports itself;
 - for models, the entry point's module and the class's module are added to ``ALLOWED_MODULES`` so that
   ``class_path: anomalib_unias.UniAS`` also works in ``get_model`` and benchmark configs.
 
+The same finder applies fixes: an entry point of the group ``anomalib_plugin_hook.fixes`` named after an
+anomalib module (``"anomalib.cli.cli" = "pkg.module:function"``) is called with that module once it has
+been imported, under the same ordering rules (see ``anomalib_unias.anomalib_fixes``).
+
 Importing the class is what makes jsonargparse's short names and ``get_model("name")`` work.  When both
-modules are imported the finder removes itself.  Until then it costs one set lookup per import, and
+modules are served the finder removes itself.  Until then it costs one string test per import, and
 this module imports nothing but ``os`` and ``sys`` (already loaded at start-up); ``importlib.metadata``
 and ``warnings`` are imported only when anomalib is (no ``from __future__`` import either: it costs
 a quarter of a millisecond).
 
 Ordering:
 
-- ``anomalib.models`` imports ``anomalib.data`` half-way through its own code, and plugins import
-  ``anomalib.models``: entry points are loaded only when no watched module is still executing, and
-  a module that finishes while entry points are being loaded is queued behind them.
+- ``anomalib.models`` imports ``anomalib.data`` half-way through its own code, ``anomalib.metrics``,
+  ``anomalib.post_processing`` and ``anomalib.visualization`` import ``anomalib.data`` before they are
+  complete themselves, and plugins import all of them: entry points are loaded only when no tracked
+  anomalib module is still executing (whatever a user imports first), and a module that finishes while entry
+  points are being loaded is queued behind them.
 - A plugin that is itself being imported (``from anomalib_unias import UniAS`` imports
   ``anomalib.models`` from inside ``anomalib_unias/__init__.py``) cannot be loaded yet; its entry
   point is resolved on first attribute access instead (a module ``__getattr__``, PEP 562).  Its class
@@ -53,8 +60,13 @@ _WATCHED = {
     "anomalib.data": ("anomalib.data", "AnomalibDataModule"),
 }
 
+# Entry points of this group are functions ``fix(module)`` that adjust the anomalib module named by
+# the entry point right after it has been imported (anomalib_unias.anomalib_fixes documents ours).
+FIX_GROUP = "anomalib_plugin_hook.fixes"
+
 _done: set[str] = set()  # watched modules already imported and served
-_executing = 0  # watched modules whose code is running now
+_fixes: dict | None = None  # module name -> entry points of FIX_GROUP, read at the first anomalib import
+_executing = 0  # tracked anomalib modules whose code is running now
 _pending: list[str] = []  # watched modules that finished and wait for their entry points
 _loading = False
 
@@ -66,11 +78,23 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder())
 
 
+def _is_tracked(name: str) -> bool:
+    """anomalib, its public sub-packages (``anomalib.<name>``), and the modules served or fixed.
+
+    One of these is the outermost anomalib module of any import a user starts: a deeper module runs only
+    after its parent packages have run.  Deeper modules are not wrapped, so that a warning anomalib
+    emits while importing them is still attributed to anomalib's own importing line.
+    """
+    if name == "anomalib" or (name.startswith("anomalib.") and name.count(".") == 1):
+        return True
+    return name in _WATCHED or (name.startswith("anomalib.") and name in _fix_entry_points())
+
+
 class _Finder:
-    """Meta-path finder that only wraps the loaders of the watched modules."""
+    """Meta-path finder that wraps the loaders of the tracked anomalib modules (it answers nothing itself)."""
 
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN202 (importlib protocol)
-        if fullname not in _WATCHED or fullname in _done:
+        if not _is_tracked(fullname) or fullname in _done:
             return None
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
@@ -105,15 +129,28 @@ class _NotifyingLoader:
         finally:
             _executing -= 1
         module.__loader__ = module.__spec__.loader = self._loader
-        _done.add(self._name)
-        if _done.issuperset(_WATCHED):
-            sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
-        _pending.append(self._name)
+        if self._name in _WATCHED or self._name in _fix_entry_points():
+            _done.add(self._name)
+            _pending.append(self._name)
         _drain()
+        if _done.issuperset(_WATCHED) and _done.issuperset(_fix_entry_points()) and not _pending and not _executing:
+            sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
+
+
+def _fix_entry_points() -> dict:
+    """Entry points of :data:`FIX_GROUP` by module name (read once, when anomalib is first imported)."""
+    global _fixes  # noqa: PLW0603
+    if _fixes is None:
+        from importlib.metadata import entry_points  # noqa: PLC0415 (kept off the start-up path)
+
+        _fixes = {}
+        for entry_point in entry_points(group=FIX_GROUP):
+            _fixes.setdefault(entry_point.name, []).append(entry_point)
+    return _fixes
 
 
 def _drain() -> None:
-    """Load the entry points of finished modules, unless a watched module or a load is under way."""
+    """Load the entry points of finished modules, unless an anomalib module or a load is under way."""
     global _loading  # noqa: PLW0603
     if _executing or _loading:
         return
@@ -128,8 +165,12 @@ def _drain() -> None:
 def _load_group(module_name: str) -> None:
     from importlib.metadata import entry_points  # noqa: PLC0415 (kept off the start-up path)
 
-    group, _ = _WATCHED[module_name]
     target = sys.modules[module_name]
+    for entry_point in _fix_entry_points().get(module_name, []):
+        _apply_fix(entry_point, target)
+    if module_name not in _WATCHED:
+        return
+    group, _ = _WATCHED[module_name]
     for entry_point in entry_points(group=group):
         if _is_initializing(entry_point.module):
             _LazyAttributes.on(target).entry_points[entry_point.name] = entry_point
@@ -165,19 +206,31 @@ def _load(entry_point, target):  # noqa: ANN001, ANN202
             msg = f"{target.__name__}.{entry_point.name} already exists ({existing!r})"
             raise ValueError(msg)
     except Exception as error:  # noqa: BLE001 (any plugin failure must leave anomalib usable)
-        import warnings  # noqa: PLC0415
-
-        dist = getattr(entry_point.dist, "name", "?")
-        warnings.warn(
-            f"anomalib plugin entry point '{entry_point.name} = {entry_point.value}' (group '{group}', "
-            f"distribution '{dist}') was skipped: {type(error).__name__}: {error}",
-            RuntimeWarning,
-            stacklevel=1,
-        )
+        _warn(entry_point, group, error)
         return None
     setattr(target, entry_point.name, obj)
     _allow(target, entry_point.module, obj.__module__)
     return obj
+
+
+def _apply_fix(entry_point, target) -> None:  # noqa: ANN001
+    """Call the fix ``entry_point`` with the module ``target``; warn if that fails."""
+    try:
+        entry_point.load()(target)
+    except Exception as error:  # noqa: BLE001 (a failing fix must leave anomalib usable)
+        _warn(entry_point, FIX_GROUP, error)
+
+
+def _warn(entry_point, group: str, error: Exception) -> None:  # noqa: ANN001
+    import warnings  # noqa: PLC0415
+
+    dist = getattr(entry_point.dist, "name", "?")
+    warnings.warn(
+        f"anomalib plugin entry point '{entry_point.name} = {entry_point.value}' (group '{group}', "
+        f"distribution '{dist}') was skipped: {type(error).__name__}: {error}",
+        RuntimeWarning,
+        stacklevel=1,
+    )
 
 
 def _allow(target, *modules: str) -> None:  # noqa: ANN001

@@ -15,13 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -31,16 +32,33 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
 from .data.visualizer import UnifiedImageVisualizer
 from .metrics import CategoryTablePrinter, unias_evaluator
 from .post_processor import UniASPostProcessor
 from .torch_model import UniASModel
+from .validation import check_architecture, check_recipe
 from .weights import create_backbone
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LEVEL_NAMES = ("stride16", "stride8", "stride4", "stride2")
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base learning rate over ``warmup_fraction`` of ``total_steps``, then cosine to 0."""
+    warmup_steps = max(1, round(warmup_fraction * total_steps))
+    decay_steps = max(1, total_steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / decay_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class UniAS(AnomalibModule):
@@ -67,8 +85,13 @@ class UniAS(AnomalibModule):
             cosine distance ``1 - cos``.
         learning_rate: AdamW learning rate (paper: 1e-4).
         weight_decay: AdamW weight decay on every trainable parameter (paper: 1e-4).
+        lr_schedule: ``"step"`` = the paper's StepLR, stepped once per epoch; ``"cosine"`` = linear
+            warm-up over ``warmup_fraction`` of all training steps, then a cosine decay to 0, stepped
+            per batch.  The paper's step at epoch 400 never fires in a short run; a cosine schedule
+            spends a short budget (tens of epochs) better.  Not in the paper.
         lr_step_epochs: StepLR period in epochs (paper: 400).
         lr_gamma: StepLR factor (paper: 0.1).
+        warmup_fraction: Share of the training steps spent warming up with ``lr_schedule="cosine"``.
         max_epochs: Leave ``None`` and set the trainer's ``max_epochs`` (YAML ``trainer:`` section or
             ``--trainer.max_epochs``).  Set it only where no trainer section exists, as in
             ``anomalib benchmark`` configs: it then overrides the trainer's value.
@@ -97,15 +120,21 @@ class UniAS(AnomalibModule):
         legacy_cos_sign: bool = False,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
+        lr_schedule: Literal["step", "cosine"] = "step",
         lr_step_epochs: int = 400,
         lr_gamma: float = 0.1,
+        warmup_fraction: float = 0.05,
         max_epochs: int | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        input_size = (int(input_size[0]), int(input_size[1]))
+        input_size = check_architecture(
+            input_size, pixel_dim, hidden_dim, num_heads, ffn_dim, num_encoder_layers, neighbour_size, dropout,
+            jitter_scale, jitter_prob, loss_weight,
+        )
+        check_recipe(learning_rate, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, warmup_fraction)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(input_size)
         super().__init__(
@@ -128,8 +157,10 @@ class UniAS(AnomalibModule):
         )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
         self.lr_step_epochs = lr_step_epochs
         self.lr_gamma = lr_gamma
+        self.warmup_fraction = warmup_fraction
         self.max_epochs = max_epochs
 
     @classmethod
@@ -161,10 +192,36 @@ class UniAS(AnomalibModule):
         return UnifiedImageVisualizer()
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks plus the per-category results table after testing."""
+        """anomalib's component callbacks, ``last.ckpt`` every epoch, and the per-category table after testing."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, CategoryTablePrinter()]
+        return [*callbacks, LastCheckpoint(), CategoryTablePrinter()]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """anomalib's checkpoint content plus the random-generator states (for an exact resume)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[RNG_STATES_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When training resumes from ``checkpoint``, continue with the random numbers it stopped at."""
+        super().on_load_checkpoint(checkpoint)
+        states = checkpoint.get(RNG_STATES_KEY)
+        if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            restore_rng_states(states)
+
+    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
+        """anomalib's pipeline (pre-processor, model, post-processor), plus: an image with a NaN/Inf pixel is anomalous.
+
+        This is the graph that ``to_torch``/``to_onnx``/``to_openvino`` export.  The check runs on the
+        input image itself, before the in-graph resize (whose sampling may or may not reach the bad
+        pixel), so eager PyTorch and every exported runtime give such an image score 1 and label True.
+        """
+        output = super().forward(batch, *args, **kwargs)
+        non_finite = ~torch.isfinite(batch).flatten(1).all(dim=1)
+        return output._replace(
+            pred_score=torch.where(non_finite, torch.ones_like(output.pred_score), output.pred_score),
+            pred_label=torch.where(non_finite, torch.ones_like(output.pred_label), output.pred_label),
+        )
 
     def to_onnx(
         self,
@@ -179,7 +236,11 @@ class UniAS(AnomalibModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> UniAS:  # type: ignore[override]
-        """Load a checkpoint without downloading backbone weights: the checkpoint already holds them."""
+        """Load a checkpoint without downloading backbone weights: the checkpoint already holds them.
+
+        An empty, truncated or foreign file is refused first with a message that says what to do.
+        """
+        check_checkpoint_file(checkpoint_path)
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
@@ -201,13 +262,17 @@ class UniAS(AnomalibModule):
         return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW on the trainable parameters + StepLR stepped once per epoch (spec §7)."""
+        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, spec §7)."""
         optimizer = torch.optim.AdamW(
             (p for p in self.model.parameters() if p.requires_grad),
             lr=self.learning_rate,
             betas=(0.9, 0.999),
             weight_decay=self.weight_decay,
         )
+        if self.lr_schedule == "cosine":
+            total_steps = int(self.trainer.estimated_stepping_batches)
+            scheduler = warmup_cosine_schedule(optimizer, total_steps, self.warmup_fraction)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 

@@ -18,9 +18,7 @@ from .anomaly_map import AnomalyMapGenerator
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .components.backbone import FrozenBackbone
 from .loss import UniASLoss
-
-QUERY_STRIDE = 16
-
+from .validation import QUERY_STRIDE, check_architecture
 
 @dataclass
 class Reconstruction:
@@ -31,11 +29,8 @@ class Reconstruction:
 
 
 def query_grid(input_size: tuple[int, int]) -> tuple[int, int]:
-    """Return the query grid (H / 16, W / 16), refusing sizes that are not multiples of 16."""
+    """Return the query grid (H / 16, W / 16) of a checked input size."""
     height, width = input_size
-    if height % QUERY_STRIDE or width % QUERY_STRIDE or height <= 0 or width <= 0:
-        msg = f"UniAS needs an input size whose height and width are positive multiples of 16, got {tuple(input_size)}"
-        raise ValueError(msg)
     return height // QUERY_STRIDE, width // QUERY_STRIDE
 
 
@@ -75,6 +70,10 @@ class UniASHead(nn.Module):
         legacy_cos_sign: bool = False,
     ) -> None:
         super().__init__()
+        input_size = check_architecture(
+            input_size, pixel_dim, hidden_dim, num_heads, ffn_dim, num_encoder_layers, neighbour_size, dropout,
+            jitter_scale, jitter_prob, loss_weight,
+        )
         grid = query_grid(input_size)
         coarse_to_fine = list(reversed(feature_channels))
         self.feature_preparation = FeaturePreparation(jitter_scale, jitter_prob)
@@ -100,6 +99,9 @@ class UniASHead(nn.Module):
         if self.training:
             return self.loss(result.reconstructions, result.targets)
         anomaly_map = self.anomaly_map(result.reconstructions, result.targets)
+        # A NaN/Inf input pixel turns (part of) the map into NaN, and NaN compares as "not above the
+        # threshold": score it as maximally anomalous instead, in eager PyTorch and in exported graphs alike.
+        anomaly_map = torch.where(torch.isnan(anomaly_map), torch.full_like(anomaly_map, float("inf")), anomaly_map)
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
 
@@ -114,15 +116,23 @@ class UniASModel(nn.Module):
 
     def __init__(self, backbone: FrozenBackbone, input_size: tuple[int, int] = (224, 224), **head_kwargs) -> None:
         super().__init__()
-        if backbone.reductions[:4] != [2, 4, 8, 16]:
+        if list(backbone.reductions) != [2, 4, 8, 16]:
             msg = (
-                f"UniAS taps the backbone at strides 2, 4, 8 and 16, but this backbone's taps have strides "
-                f"{backbone.reductions}. Use a timm CNN whose first four feature levels have those strides."
+                f"UniAS reads exactly four backbone feature maps, at strides 2, 4, 8 and 16; this backbone's taps "
+                f"have strides {list(backbone.reductions)}. Use a timm CNN with feature levels at those strides "
+                "(e.g. tf_efficientnet_b4, tf_efficientnet_lite0) tapped at out_indices (0, 1, 2, 3)."
             )
             raise ValueError(msg)
         self.backbone = backbone
         self.head = UniASHead(backbone.channels, input_size, **head_kwargs)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
-        """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``."""
-        return self.head(self.backbone(images))
+        """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.
+
+        Evaluation never needs gradients, and anomalib's ``TorchInferencer`` calls the model without
+        switching them off (its ``.numpy()`` then fails on tensors that require grad).
+        """
+        if self.training:
+            return self.head(self.backbone(images))
+        with torch.no_grad():
+            return self.head(self.backbone(images))

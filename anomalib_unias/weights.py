@@ -25,6 +25,7 @@ layout ``huggingface_hub`` reads, so that with ``HF_HUB_OFFLINE=1`` any timm-bas
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import threading
@@ -77,6 +78,7 @@ def create_backbone(
         WeightsMismatchError: ``weights`` does not fit the backbone.
     """
     out_indices = tuple(out_indices)
+    check_backbone_name(name)
     if weights is None and pre_trained:
         weights = bundled_weights_file(name)
         if weights is None:  # timm loads its own hub weights, from a file we made sure is local
@@ -93,6 +95,25 @@ def create_backbone(
     if weights is not None:
         load_weights(network, name, read_state_dict(weights), source=str(weights))
     return FrozenBackbone(network)
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a name that is not a timm model, suggesting the closest timm names.
+
+    Raises:
+        ValueError: ``name`` (without its ``.tag``) is not a timm architecture.
+    """
+    arch = name.partition(".")[0]
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+    suggestion = f" Closest timm names: {', '.join(close)}." if close else ""
+    msg = (
+        f"UniAS argument backbone={name!r}: timm has no model of that name.{suggestion} UniAS needs a CNN with "
+        "feature taps at strides 2, 4, 8 and 16, e.g. tf_efficientnet_b4 (paper) or tf_efficientnet_lite0 "
+        "(ImageNet weights bundled, works offline)."
+    )
+    raise ValueError(msg)
 
 
 def bundled_weights_file(name: str) -> Path | None:
@@ -131,8 +152,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling, safetensors, truncation...: all mean "unreadable", re-raised
+        # torch's own text suggests weights_only=False, which is wrong for a corrupt file and unsafe for an
+        # untrusted one: it is not repeated here.
         msg = (
-            f"Cannot read backbone weights file '{path}' ({type(error).__name__}: {error}). "
+            f"Cannot read backbone weights file '{path}' ({path.stat().st_size} bytes, {type(error).__name__}): "
+            "it is empty, truncated, corrupt, or holds pickled objects other than tensors. "
             "Fix: pass a .safetensors file or a state dict saved with torch.save(module.state_dict(), path)."
         )
         raise WeightsMismatchError(msg) from error
@@ -261,7 +285,7 @@ def hub_weights_file(name: str) -> Path:
             hub is unreachable.
     """
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache  # noqa: PLC0415
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError  # noqa: PLC0415
+    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
@@ -289,10 +313,15 @@ def hub_weights_file(name: str) -> Path:
     for filename in filenames:
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision or None))
-        except LocalEntryNotFoundError:  # the connection dropped after the check
-            raise
         except EntryNotFoundError:  # the repo lacks this file: try the next one, as timm does
             continue
+        except Exception as error:  # the hub answered the probe but does not serve the file
+            msg = (
+                f"Pretrained weights for backbone '{name}' (Hugging Face repo '{repo_id}') could not be downloaded "
+                f"from {constants.ENDPOINT} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                f"a proxy or firewall that answers in the hub's place causes this too.{_fixes(name, repo_id)}"
+            )
+            raise WeightsUnavailableError(msg) from error
     msg = f"Hugging Face repo '{repo_id}' has none of {list(filenames)} for backbone '{name}'."
     raise WeightsUnavailableError(msg)
 
@@ -300,10 +329,10 @@ def hub_weights_file(name: str) -> Path:
 def _unreachable_reason(endpoint: str) -> str | None:
     """Why ``endpoint`` cannot be reached within :data:`HUB_TIMEOUT_S` (``None`` if it answers).
 
-    Uses huggingface_hub's own HTTP session, so proxies and CA settings apply as for downloads; any HTTP
-    status counts as reachable.  The request runs in a daemon thread with a hard deadline because the
+    Uses huggingface_hub's own HTTP session, so proxies and CA settings apply as for downloads.  The request runs in a daemon thread with a hard deadline because the
     client's timeouts apply per phase (a silent server took 2 x 3 s: TCP connect, then TLS handshake) and
-    not at all to DNS resolution.
+    not at all to DNS resolution.  An HTTP error status (a proxy that answers every address with 404, a
+    captive portal) counts as unreachable too.
     """
     from huggingface_hub import get_session  # noqa: PLC0415
 
@@ -311,10 +340,13 @@ def _unreachable_reason(endpoint: str) -> str | None:
 
     def probe() -> None:
         try:
-            get_session().head(endpoint, timeout=HUB_TIMEOUT_S)
-            outcome.append(None)
+            status = get_session().head(endpoint, timeout=HUB_TIMEOUT_S).status_code
         except Exception as error:  # noqa: BLE001 (whatever the transport raises means "not reachable")
             outcome.append(f"{endpoint} is unreachable ({type(error).__name__}: {error})")
+            return
+        outcome.append(
+            None if status < 400 else f"{endpoint} answered HTTP {status} instead of the hub (a proxy or captive portal?)"
+        )
 
     thread = threading.Thread(target=probe, name="hf-hub-probe", daemon=True)
     thread.start()

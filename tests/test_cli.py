@@ -16,7 +16,7 @@ import pytest
 from .tiny import TINY_UNIAS
 
 TINY_ARGS = {**TINY_UNIAS, "input_size": list(TINY_UNIAS["input_size"])}  # YAML/CLI spelling
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "pixel_AUPRO")
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "F1max_Dice", "pixel_AUPRO")
 CATEGORIES = ("brick", "grass", "gravel")
 
 

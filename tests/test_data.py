@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import filecmp
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -54,10 +53,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "unias_demo"
     assert not root.exists()
     datamodule = UniASDemo(root=root, num_workers=0)
-    start = time.perf_counter()
     datamodule.prepare_data()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20, f"demo generation took {elapsed:.1f} s"
     return root
 
 

@@ -28,6 +28,7 @@ from anomalib_unias.metrics import (
     unias_evaluator,
 )
 from anomalib_unias.metrics import dice as dice_module
+from anomalib_unias.metrics.report import NOT_COMPUTABLE_NOTE
 from anomalib_unias.post_processor import UniASPostProcessor
 
 TOL = 1e-6
@@ -362,9 +363,11 @@ def test_unias_evaluator_metrics_are_exact_on_raw_maps_too():
 
 def test_unias_evaluator_metric_names():
     names = [metric.name for metric in unias_evaluator().test_metrics]
-    assert names == ["image_AUROC/mean", "pixel_AUROC/mean", "pixel_AP/mean", "DSC/mean", "pixel_AUPRO/mean"]
+    assert names == [
+        "image_AUROC/mean", "pixel_AUROC/mean", "pixel_AP/mean", "DSC/mean", "F1max_Dice/mean", "pixel_AUPRO/mean"
+    ]  # fmt: skip
     flat = [metric.name for metric in unias_evaluator(per_category=False).test_metrics]
-    assert flat == ["image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "pixel_AUPRO"]
+    assert flat == ["image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "F1max_Dice", "pixel_AUPRO"]
 
 
 EVALUATOR_YAML = """
@@ -484,11 +487,11 @@ def test_lightning_test_logs_per_category_values_on_raw_scale(capsys):
         assert results[f"pixel_AUROC/{category}"] == pytest.approx(
             roc_auc_score(category_masks.numpy().ravel(), category_maps.numpy().ravel()), abs=TOL
         )
-    for name in ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "pixel_AUPRO"):
+    for name in ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "F1max_Dice", "pixel_AUPRO"):
         mean = (results[f"{name}/bottle"] + results[f"{name}/pcb1"]) / 2
         assert results[f"{name}/mean"] == pytest.approx(mean, abs=TOL)
     table = capsys.readouterr().out
-    assert "| category | image_AUROC | pixel_AUROC | pixel_AP | DSC | pixel_AUPRO |" in table
+    assert "| category | image_AUROC | pixel_AUROC | pixel_AP | DSC | F1max_Dice | pixel_AUPRO |" in table
     assert f"| pcb1 | {100 * results['image_AUROC/pcb1']:.2f} |" in table
 
 
@@ -506,8 +509,10 @@ def test_format_category_table():
     expected = """\
 | category | pixel_AP | DSC |
 |---|---|---|
-| bottle | 50.00 | - |
+| bottle | 50.00 | n/a |
 | cable | 25.00 | 10.00 |
-| mean | 37.50 | 10.00 |"""
+| mean | 37.50 | 10.00 |
+
+""" + NOT_COMPUTABLE_NOTE
     assert format_category_table(logged) == expected
     assert format_category_table({"image_AUROC": 1.0}) == ""

@@ -1,8 +1,8 @@
 """The entry-point hook (``anomalib_plugin_hook``) with the real anomalib, in fresh interpreters.
 
-A virtual environment on top of the system site-packages gets the hook module and its ``.pth`` file
-exactly as a wheel installs them, plus a throwaway plugin distribution (``toy-anomalib-plugin``: a
-model, a data module, a broken entry point and one that is not a model).  The plugin is not this
+The interpreter's site-packages holds the hook's ``.pth`` file (installed with this package); a folder
+first on ``PYTHONPATH`` holds this repository's hook module and a throwaway plugin distribution
+(``toy-anomalib-plugin``: a model, a data module, a broken entry point and one that is not a model).  The plugin is not this
 project, which proves the hook serves any plugin and that UniAS needs nothing special.  Each scenario
 runs in its own interpreter, all of them concurrently (importing anomalib takes ~10-15 s here).
 """
@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -98,6 +97,8 @@ SCENARIOS = {
         from anomalib.data import get_datamodule
         from anomalib.models import get_model
         result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        result["hooked_while_fix_targets_pending"] = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
+        import anomalib.engine, anomalib.cli.cli  # the modules anomalib_unias's fixes patch
         result["hooked_after"] = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
         result["loader"] = type(anomalib.models.__loader__).__name__
         result["by_name"] = [get_model("ToyModel").width, get_model("toy_model").width]
@@ -139,29 +140,23 @@ SCENARIOS = {
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv (system site-packages visible) holding the hook, its .pth and the toy plugin; returns its python."""
-    root = tmp_path_factory.mktemp("hook_venv")
-    venv.create(root, system_site_packages=True, with_pip=False, symlinks=True)
-    python = root / "bin" / "python"
-    site_packages = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip(),
-    )
-    for name in ("anomalib_plugin_hook.py", "anomalib_plugin_hook.pth"):
-        shutil.copy(REPO_ROOT / name, site_packages / name)
-    package = site_packages / "toy_anomalib_plugin"
+    """A folder put first on ``PYTHONPATH``: this repository's hook module and the toy plugin distribution.
+
+    The interpreter's own site-packages holds the hook's ``.pth`` (installed with this package); its
+    ``import anomalib_plugin_hook`` finds the repository's copy here first.  No nested virtual
+    environment: one created from inside a venv would see the base interpreter's packages, not the venv's.
+    """
+    root = tmp_path_factory.mktemp("hook_path")
+    shutil.copy(REPO_ROOT / "anomalib_plugin_hook.py", root / "anomalib_plugin_hook.py")
+    package = root / "toy_anomalib_plugin"
     package.mkdir()
     for name, source in TOY_PACKAGE.items():
         (package / name).write_text(textwrap.dedent(source))
-    dist_info = site_packages / "toy_anomalib_plugin-0.1.dist-info"
+    dist_info = root / "toy_anomalib_plugin-0.1.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-anomalib-plugin\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS))
-    return python
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +164,12 @@ def results(plugin_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Run every scenario concurrently; return each one's JSON result."""
     workdir = tmp_path_factory.mktemp("hook_runs")
     base_env = {k: v for k, v in os.environ.items() if k not in {"ANOMALIB_PLUGINS_DISABLE", "PYTHONPATH"}}
+    base_env["PYTHONPATH"] = str(plugin_env)
     processes = {}
     for name, (extra_env, body) in SCENARIOS.items():
         script = textwrap.dedent(PRELUDE) + textwrap.dedent(body) + "\nprint('RESULT' + json.dumps(result))\n"
         processes[name] = subprocess.Popen(
-            [plugin_env, "-c", script],
+            [sys.executable, "-c", script],
             cwd=workdir,
             env={**base_env, **extra_env},
             stdout=subprocess.PIPE,
@@ -213,7 +209,8 @@ def test_hook_registers_plugin_models_and_data(results: dict[str, dict]) -> None
 
 
 def test_hook_leaves_no_trace_after_use(results: dict[str, dict]) -> None:
-    """Once anomalib.models and anomalib.data are imported the finder is gone and the real loader is back."""
+    """Once the served and fixed modules are imported the finder is gone and the real loader is back."""
+    assert results["enabled"]["hooked_while_fix_targets_pending"]
     assert not results["enabled"]["hooked_after"]
     assert results["enabled"]["loader"] == "SourceFileLoader"
 
@@ -256,4 +253,55 @@ def test_pth_file_imports_only_the_standalone_hook() -> None:
         if line.startswith(("import ", "from "))
     ]
     assert hook_imports == ["os", "sys"]
-    assert sys.version_info >= (3, 10)  # entry_points(group=...) API used by the hook
+
+
+ANOMALIB_SUBPACKAGES = (
+    "anomalib.callbacks", "anomalib.cli", "anomalib.data", "anomalib.deploy", "anomalib.engine", "anomalib.loggers",
+    "anomalib.metrics", "anomalib.models", "anomalib.post_processing", "anomalib.pre_processing", "anomalib.utils",
+    "anomalib.visualization",
+)  # fmt: skip
+
+IMPORT_FIRST = """
+import warnings, sys, json
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import {first}
+    from anomalib.data import get_datamodule
+    from anomalib.models import get_model, list_models
+    names = {{}}
+    for name in ("UniAS", "unias", "uni_a_s"):
+        names[name] = type(get_model(name, backbone="tf_efficientnet_lite0", input_size=(64, 64), pixel_dim=32,
+                                     hidden_dim=32, ffn_dim=64, num_encoder_layers=1, neighbour_size=3)).__name__
+    for name in ("UnifiedFolder", "UniASDemo", "UnifiedMVTecAD", "UnifiedVisa"):
+        names[name] = type(get_datamodule({{"class_path": name, "init_args": {{"root": "."}}}})).__name__
+    names["listed"] = sorted(name for name in list_models() if "a_s" in name or "unias" in name)
+print("RESULT" + json.dumps({{"names": names, "warnings": [str(w.message) for w in caught
+                                                     if issubclass(w.category, RuntimeWarning)]}}))
+"""
+
+
+def test_registration_does_not_depend_on_which_anomalib_module_comes_first(tmp_path: Path) -> None:
+    """Fresh interpreters importing each public anomalib sub-package first all find every entry point of ours."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("ANOMALIB_PLUGINS_DISABLE", None)
+    pending = list(ANOMALIB_SUBPACKAGES)
+    results = {}
+    while pending:  # two at a time: each interpreter imports anomalib (~10 s of CPU)
+        batch, pending = pending[:2], pending[2:]
+        processes = {
+            first: subprocess.Popen([sys.executable, "-c", IMPORT_FIRST.format(first=first)], cwd=tmp_path, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for first in batch
+        }  # fmt: skip
+        for first, process in processes.items():
+            stdout, stderr = process.communicate(timeout=300)
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
+            assert process.returncode == 0 and lines, f"{first} first:\n{stderr[-3000:]}"
+            results[first] = json.loads(lines[-1].removeprefix("RESULT"))
+    for first, result in results.items():
+        assert result["warnings"] == [], (first, result["warnings"])
+        names = result["names"]
+        assert names["UniAS"] == names["unias"] == names["uni_a_s"] == "UniAS", first
+        for data in ("UnifiedFolder", "UniASDemo", "UnifiedMVTecAD", "UnifiedVisa"):
+            assert names[data] == data, first
+        assert names["listed"] == ["uni_a_s"], first  # anomalib's snake_case of the class name (README says so)

@@ -165,23 +165,29 @@ def test_backbone_without_hub_weights_says_so() -> None:
 # Hugging Face cache and hub, in subprocesses with a private HF_HOME
 
 HUB_SCRIPT = """
-    import json, sys, time, warnings
+    import json, sys, warnings
     import timm, torch
     warnings.simplefilter("ignore")
+    import anomalib_unias.weights as weights_module
     from anomalib_unias.weights import WeightsUnavailableError, bundled_state_dict, create_backbone
-    result = {}
+    result = {"probes": 0}
+    probe = weights_module._unreachable_reason
 
-    t = time.perf_counter()
+    def counted_probe(endpoint):
+        result["probes"] += 1
+        return probe(endpoint)
+
+    weights_module._unreachable_reason = counted_probe
+
     try:
         create_backbone("tf_efficientnet_b4")
         result["b4"] = "loaded"
     except WeightsUnavailableError as error:
         result["b4"] = str(error)
-    result["b4_seconds"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+    probes_before = result["probes"]
     resnet = create_backbone("resnet18", pre_trained=True).network.state_dict()
-    result["resnet_seconds"] = time.perf_counter() - t
+    result["resnet_probes"] = result["probes"] - probes_before
     saved = torch.load(sys.argv[1], weights_only=True)
     result["resnet_from_cache"] = all(torch.equal(v, saved[k]) for k, v in resnet.items())
 
@@ -274,14 +280,13 @@ def test_hub_weights_come_from_the_cache_first(hub_results: dict[str, dict]) -> 
     """A cached timm repo loads without touching the (unreachable) hub."""
     for result in hub_results.values():
         assert result["resnet_from_cache"]
-    assert hub_results["silent_hub"]["resnet_seconds"] < 2.5  # the reachability probe alone waits 3 s
+        assert result["resnet_probes"] == 0  # a cached file is used without contacting (or probing) the hub
 
 
 @pytest.mark.parametrize(("run", "reason"), [("offline", "HF_HUB_OFFLINE is set"), ("silent_hub", "did not answer")])
 def test_missing_hub_weights_fail_fast_with_fixes(hub_results: dict[str, dict], run: str, reason: str) -> None:
     result = hub_results[run]
-    message = result["b4"]
-    assert result["b4_seconds"] < 10
+    message = result["b4"]  # from our probe (no huggingface_hub retries): HF_HUB_OFFLINE, or the 3 s deadline
     assert "timm/tf_efficientnet_b4.ns_jft_in1k" in message
     assert reason in message
     for fix in ("connect to the internet", "weights=", "tf_efficientnet_lite0", "pre_trained=False", "cache"):

@@ -16,6 +16,7 @@ position), and every image extension in ``extensions`` is read (anomalib's MVTec
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTEC_CATEGORIES
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 from anomalib.data.datasets.image.visa import EXTENSIONS as VISA_EXTENSIONS
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, read_image, read_mask, validate_path
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, validate_path
 from anomalib.utils.path import resolve_dataset_root
 from pandas import DataFrame
 from torchvision.transforms.v2 import Compose, Transform
@@ -37,6 +38,7 @@ from torchvision.tv_tensors import Mask
 
 from .augmentation import mvtec_paper_augmentation, visa_paper_augmentation
 from .category import SPLIT_FOLDERS
+from .reading import check_samples, read_image, read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +157,10 @@ def discover_categories(root: str | Path) -> list[str]:
 class UnifiedDataset(AnomalibDataset):
     """anomalib dataset over several categories of an MVTec-layout root (one split).
 
-    Reading is anomalib's (``read_image``, ``read_mask``, the ``ImageItem`` it returns). The difference to
-    ``AnomalibDataset.__getitem__`` is that the augmentations are called as
+    Images and masks are read by :mod:`anomalib_unias.data.reading` (8-bit files exactly as anomalib
+    reads them; 16-bit and float files scaled by their depth; masks binarised by one documented rule;
+    errors name the file), into anomalib's ``ImageItem``.  Unlike ``AnomalibDataset.__getitem__``, the
+    augmentations are called as
     ``augmentations(image, mask, category)``, so a
     :class:`~anomalib_unias.data.augmentation.CategoryAugmentation` can pick the transform of the sample's
     category (spec section 7); other torchvision-v2 transforms pass the ``str`` through.
@@ -167,6 +171,7 @@ class UnifiedDataset(AnomalibDataset):
         split: ``"train"`` or ``"test"``.
         extensions: image file extensions (case-insensitive).
         augmentations: transform called as ``augmentations(image, mask, category)``.
+        resize_masks: resize a mask whose size differs from its image (nearest) instead of refusing it.
     """
 
     def __init__(
@@ -176,21 +181,23 @@ class UnifiedDataset(AnomalibDataset):
         split: str | Split,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         augmentations: Transform | None = None,
+        resize_masks: bool = False,
     ) -> None:
         super().__init__(augmentations=augmentations)
         self.root = Path(root)
         self.categories = list(categories)
         self.split = Split(split)
+        self.resize_masks = resize_masks
         self.samples = make_unified_samples(self.root, self.categories, self.split, extensions)
 
     def __getitem__(self, index: int) -> ImageItem:
         """Read one sample and augment image and mask jointly, knowing the sample's category."""
         sample = self.samples.iloc[index]
-        image = read_image(sample.image_path, as_tensor=True)
+        image = read_image(sample.image_path)
         if sample.label_index == LabelName.NORMAL:
             gt_mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
         else:
-            gt_mask = read_mask(sample.mask_path, as_tensor=True)
+            gt_mask, _ = read_mask(sample.mask_path, tuple(image.shape[-2:]), self.resize_masks)
         if self.augmentations:
             image, gt_mask, _ = self.augmentations(image, gt_mask, sample.category)
         return ImageItem(
@@ -213,6 +220,10 @@ class UnifiedFolder(AnomalibDataModule):
         test_augmentations, augmentations, test_split_mode, test_split_ratio, val_split_mode,
         val_split_ratio, seed: as in anomalib's ``MVTecAD`` (same defaults, ``val_split_mode`` =
         ``same_as_test``). The augmentations are called as ``augmentations(image, mask, category)``.
+        check_files: decode every image and mask once at setup, before training, and refuse the data set
+            with one error listing every unusable file (:func:`~anomalib_unias.data.reading.check_samples`).
+        resize_masks: resize a mask whose size differs from its image (nearest neighbour) instead of
+            refusing it.
     """
 
     def __init__(
@@ -232,6 +243,8 @@ class UnifiedFolder(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        check_files: bool = True,
+        resize_masks: bool = False,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -250,6 +263,8 @@ class UnifiedFolder(AnomalibDataModule):
         self.root = Path(root)
         self.requested_categories = list(categories) if categories is not None else None
         self.extensions = tuple(extensions)
+        self.check_files = check_files
+        self.resize_masks = resize_masks
 
     @property
     def data_root(self) -> Path:
@@ -275,8 +290,14 @@ class UnifiedFolder(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         categories = self.categories
-        self.train_data = UnifiedDataset(self.data_root, categories, Split.TRAIN, self.extensions)
-        self.test_data = UnifiedDataset(self.data_root, categories, Split.TEST, self.extensions)
+        self.train_data = UnifiedDataset(self.data_root, categories, Split.TRAIN, self.extensions, resize_masks=self.resize_masks)
+        self.test_data = UnifiedDataset(self.data_root, categories, Split.TEST, self.extensions, resize_masks=self.resize_masks)
+        if self.check_files:
+            rows = [(row.image_path, row.mask_path) for data in (self.train_data, self.test_data)
+                    for row in data.samples.itertuples()]
+            start = time.perf_counter()
+            check_samples(rows, resize_masks=self.resize_masks)
+            logger.info("Checked %d images and their masks in %.1f s.", len(rows), time.perf_counter() - start)
 
 
 def _with_paper_augmentation(augmentation: Transform, train_augmentations: Transform | None) -> Transform:
@@ -315,6 +336,8 @@ class UnifiedMVTecAD(UnifiedFolder):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        check_files: bool = True,
+        resize_masks: bool = False,
     ) -> None:
         super().__init__(
             root=resolve_dataset_root(root, "MVTecAD"),
@@ -332,6 +355,8 @@ class UnifiedMVTecAD(UnifiedFolder):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            check_files=check_files,
+            resize_masks=resize_masks,
         )
         self.paper_augmentations = paper_augmentations
         if paper_augmentations:
@@ -378,6 +403,8 @@ class UnifiedVisa(UnifiedFolder):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        check_files: bool = True,
+        resize_masks: bool = False,
     ) -> None:
         super().__init__(
             root=resolve_dataset_root(root, "visa"),
@@ -395,6 +422,8 @@ class UnifiedVisa(UnifiedFolder):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            check_files=check_files,
+            resize_masks=resize_masks,
         )
         self.paper_augmentations = paper_augmentations
         if paper_augmentations:

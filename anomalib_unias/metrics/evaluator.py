@@ -8,7 +8,7 @@ from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import Metric
 
-from .dice import PaperDice
+from .dice import F1MaxDice, PaperDice
 from .per_category import PerCategory
 
 
@@ -65,6 +65,8 @@ def unias_evaluator(
     * ``pixel_AP``: pixel average precision (the paper's pAP; anomalib's ``AUPR`` equals scikit-learn's
       ``average_precision_score``);
     * ``DSC``: the paper's Dice, :class:`~anomalib_unias.metrics.PaperDice`;
+    * ``F1max_Dice``: dataset-level Dice at the best-F1 threshold, :class:`~anomalib_unias.metrics.F1MaxDice`
+      (not in the paper; stays informative where the paper's DSC degenerates to "predict everything");
     * ``pixel_AUPRO``: anomalib's ``AUPRO`` up to ``aupro_fpr_limit`` (not in the paper's tables).
 
     The pixel metrics are non-strict (skipped on data without masks), as in anomalib's default evaluator.
@@ -80,11 +82,12 @@ def unias_evaluator(
         compute_on_cpu: Keep the metric states in CPU memory (exact pixel metrics hold every test pixel).
         aupro_fpr_limit: FPR limit of AUPRO.
     """
-    metrics: dict[str, AUROC | AUPR | AUPRO | PaperDice] = {
+    metrics: dict[str, AUROC | AUPR | AUPRO | PaperDice | F1MaxDice] = {
         "image_AUROC": AUROC(fields=["pred_score", "gt_label"], normalization=None),
         "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"], strict=False, normalization=None),
         "pixel_AP": AUPR(fields=["anomaly_map", "gt_mask"], strict=False, normalization=None),
         "DSC": PaperDice(strict=False),
+        "F1max_Dice": F1MaxDice(strict=False),
         "pixel_AUPRO": AUPRO(fields=["anomaly_map", "gt_mask"], strict=False, fpr_limit=aupro_fpr_limit),
     }
     if per_category:

@@ -45,6 +45,7 @@ class _PerCategory(Metric):
         super().__init__(**kwargs)
         self.categories: list[str] = []
         self.per_category = nn.ModuleList()
+        self.target_counts: dict[str, list[int]] = {}  # category -> [positive, negative] ground-truth entries
 
     def update(self, *values: Any) -> None:
         """Route every sample to the copy of the wrapped metric for its category.
@@ -65,6 +66,12 @@ class _PerCategory(Metric):
                 },
             )
             self._metric_for(category).update(view)
+            target = field_values[-1]
+            if isinstance(target, torch.Tensor):
+                positives = int(torch.count_nonzero(target[torch.tensor(positions, device=target.device)]))
+                counts = self.target_counts.setdefault(category, [0, 0])
+                counts[0] += positives
+                counts[1] += len(positions) * target[0].numel() - positives
 
     def _metric_for(self, category: str) -> AnomalibMetric:
         if category not in self.categories:
@@ -74,16 +81,37 @@ class _PerCategory(Metric):
             self.per_category.append(metric)
         return self.per_category[self.categories.index(category)]
 
-    def compute_per_category(self) -> dict[str, torch.Tensor]:
-        """Return ``{category: value}`` for every category seen; categories whose value is None are left out."""
-        values = {category: metric.compute() for category, metric in zip(self.categories, self.per_category)}
-        return {category: value for category, value in values.items() if value is not None}
+    def undefined_categories(self) -> list[str]:
+        """Categories whose ground truth has only one class (e.g. no defective image, or no defect pixel).
 
-    def compute(self) -> torch.Tensor | None:
-        """Macro mean over categories (float64); None when no category has a value."""
+        AUROC, AP, AUPRO and Dice are not defined there (torchmetrics would report 0, Dice NaN).
+        """
+        return [
+            category for category in self.categories
+            if category in self.target_counts and min(self.target_counts[category]) == 0
+        ]
+
+    def compute_per_category(self) -> dict[str, torch.Tensor]:
+        """Return ``{category: value}`` for the categories where the metric is defined.
+
+        Categories of :meth:`undefined_categories`, and those whose value is None or NaN, are left out:
+        they are "n/a", not 0.
+        """
+        undefined = set(self.undefined_categories())
+        values = {
+            category: metric.compute()
+            for category, metric in zip(self.categories, self.per_category, strict=True)
+            if category not in undefined
+        }
+        return {
+            category: value for category, value in values.items() if value is not None and not torch.isnan(value).any()
+        }
+
+    def compute(self) -> torch.Tensor:
+        """Macro mean (float64) over the categories where the metric is defined; NaN (= n/a) if there are none."""
         values = list(self.compute_per_category().values())
         if not values:
-            return None
+            return torch.tensor(float("nan"), dtype=torch.float64)
         return torch.stack([value.double().reshape(()) for value in values]).mean()
 
     def reset(self) -> None:
@@ -91,6 +119,7 @@ class _PerCategory(Metric):
         super().reset()
         self.categories = []
         self.per_category = nn.ModuleList()
+        self.target_counts = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Not supported: torchmetrics' batch-value forward would reset the per-category copies."""

@@ -3,10 +3,17 @@ and the macro mean, one column per metric, values in percent."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+NOT_COMPUTABLE_NOTE = (
+    "n/a: not computable for that category (its test images hold only one class: no defective image, or no "
+    "defect pixel); each mean is over the categories that have the value."
+)
 
 
 def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: int = 2) -> str:
@@ -14,7 +21,9 @@ def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: i
 
     Only metrics that have a ``<metric>/mean`` entry (those of
     :class:`~anomalib_unias.metrics.PerCategory`) are shown, so other logged keys are ignored.  Rows are
-    the categories in alphabetical order followed by ``mean``; a missing value is shown as ``-``.
+    the categories in alphabetical order followed by ``mean``; a value that could not be computed (not
+    logged, or NaN) is shown as ``n/a``, with a note under the table: the means are over the categories
+    that have the value.
 
     Returns:
         The table, or an empty string when no per-category metric is present.
@@ -32,9 +41,16 @@ def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: i
         "| category | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
+    missing = False
     for category in [*categories, "mean"]:
-        cells = [f"{100 * values[category]:.{digits}f}" if category in values else "-" for values in columns.values()]
+        cells = []
+        for values in columns.values():
+            value = values.get(category, float("nan"))
+            missing |= math.isnan(value)
+            cells.append("n/a" if math.isnan(value) else f"{100 * value:.{digits}f}")
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", NOT_COMPUTABLE_NOTE]
     return "\n".join(lines)
 
 

@@ -1,0 +1,110 @@
+"""Two fixes for anomalib 2.7 behaviours that make runs irreproducible or mis-reported.
+
+The plugin hook (``anomalib_plugin_hook``) applies them right after anomalib has imported the module
+they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's name is that module):
+
+* :func:`fix_cli` (``anomalib.cli.cli``):
+
+  - anomalib's CLI accepts ``--seed_everything`` (our configs set 133) and its help says it seeds
+    "before classes instantiation", but it never calls ``seed_everything``: two identical commands
+    trained different models.  The fix seeds exactly as Lightning's own ``LightningCLI`` does (an int
+    seeds with that value, ``True`` draws a random seed and records it in the saved config, ``False``
+    leaves the generators alone), before the model and the data are built;
+  - ``anomalib test|predict|validate --model UniAS --ckpt_path X`` builds UniAS with the settings stored
+    in X (backbone, input size, widths; no download), so any UniAS checkpoint can be tested.
+* :func:`test_final_model_after_resume` (``anomalib.engine.engine``): ``Engine.train(ckpt_path=X)`` (and
+  ``anomalib train --ckpt_path X``) resumed training from X and then *tested X* again, so the printed
+  metrics were those of the checkpoint resumed from.  The fix tests the model training ended with.
+
+``ANOMALIB_PLUGINS_DISABLE=1`` turns the hook, and with it these fixes, off.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from lightning.pytorch import seed_everything
+
+from .checkpointing import read_hyper_parameters
+
+
+def fix_cli(module: ModuleType) -> None:
+    """Seed before instantiation, and build UniAS from its checkpoint's settings in test/predict/validate."""
+    cli_class = module.AnomalibCLI
+    original = cli_class.before_instantiate_classes
+
+    def before_instantiate_classes(self: Any) -> None:  # noqa: ANN401
+        original(self)
+        subcommand_config = self.config.get(str(self.subcommand), self.config)
+        _use_checkpoint_settings(str(self.subcommand), subcommand_config)
+        seed = subcommand_config.get("seed_everything", None)
+        if seed is None or seed is False:
+            return
+        subcommand_config["seed_everything"] = seed_everything(None if seed is True else int(seed), workers=True)
+
+    before_instantiate_classes.__doc__ = original.__doc__
+    cli_class.before_instantiate_classes = before_instantiate_classes
+
+
+def _use_checkpoint_settings(subcommand: str, config: Any) -> None:  # noqa: ANN401
+    """``anomalib test|predict|validate --model UniAS --ckpt_path X``: take the model's settings from X.
+
+    anomalib builds the model from the command line (defaults for anything not given: B4 at 224 with
+    paper widths, downloading ImageNet weights) and only then loads the checkpoint's tensors, which fail
+    to fit any checkpoint trained with other settings.  A UniAS checkpoint stores every constructor
+    argument; they replace the command line's, with ``pre_trained=False`` (the backbone's weights are in
+    the checkpoint), as ``anomalib export`` already does through ``load_from_checkpoint``.
+    """
+    if subcommand not in ("test", "predict", "validate"):
+        return
+    ckpt_path, model = config.get("ckpt_path"), config.get("model")
+    if not ckpt_path or model is None or not _is_unias(model.get("class_path")):
+        return
+    init_args = model.get("init_args")
+    for key, value in read_hyper_parameters(ckpt_path).items():
+        if key in init_args:
+            init_args[key] = list(value) if isinstance(value, tuple) else value
+    init_args["pre_trained"] = False
+    init_args["weights"] = None
+
+
+def _is_unias(class_path: str | None) -> bool:
+    if not class_path or "." not in class_path:
+        return False
+    from .lightning_model import UniAS  # noqa: PLC0415 (this module is imported by anomalib's own import)
+
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, UniAS)
+
+
+def test_final_model_after_resume(module: ModuleType) -> None:
+    """Make ``Engine.train(ckpt_path=X)`` test the model as trained, not the checkpoint X it resumed from."""
+    engine_class = module.Engine
+    original = engine_class.train
+
+    def train(  # noqa: PLR0913 (anomalib's signature)
+        self: Any,  # noqa: ANN401
+        model: Any,  # noqa: ANN401
+        train_dataloaders: Any = None,  # noqa: ANN401
+        val_dataloaders: Any = None,  # noqa: ANN401
+        test_dataloaders: Any = None,  # noqa: ANN401
+        datamodule: Any = None,  # noqa: ANN401
+        ckpt_path: str | Path | None = None,
+    ) -> Any:  # noqa: ANN401
+        if not ckpt_path or model.learning_type in {module.LearningType.ZERO_SHOT, module.LearningType.FEW_SHOT}:
+            return original(self, model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, ckpt_path)
+        # anomalib's Engine.train, except that ``trainer.test`` gets no ckpt_path: it tests the weights in memory.
+        self._setup_workspace(model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, versioned_dir=True)
+        self._setup_trainer(model)
+        self.trainer.fit(model, train_dataloaders, val_dataloaders, datamodule, Path(ckpt_path).resolve())
+        return self.trainer.test(model, test_dataloaders, datamodule=datamodule)
+
+    train.__doc__ = original.__doc__
+    engine_class.train = train

@@ -1,0 +1,138 @@
+"""Every constraint UniAS's arguments must meet, checked before anything is built.
+
+Each refusal is a :class:`UniASArgumentError` that names the argument, the value, the rule and a value
+that works, so that a bad setting fails at once (and reads first in the CLI's output) instead of in
+the first forward pass or after the first epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+QUERY_STRIDE = 16
+"""Backbone stride of the query grid: the grid is ``input_size / 16``."""
+
+GROUP_NORM_GROUPS = 32
+"""GroupNorm groups of the pixel decoder's FPN convs (paper: 32)."""
+
+
+class UniASArgumentError(ValueError):
+    """An argument value UniAS cannot run with."""
+
+
+def _fail(name: str, value: object, rule: str, works: str) -> None:
+    msg = f"UniAS argument {name}={value!r}: {rule}. A value that works: {works}."
+    raise UniASArgumentError(msg)
+
+
+def _working_sizes(height: int, width: int, num_heads: int, neighbour_size: int) -> str:
+    """The valid input sizes closest to (height, width), for error messages."""
+    candidates = []
+    for h in range(QUERY_STRIDE, max(height, QUERY_STRIDE) * 2 + QUERY_STRIDE, QUERY_STRIDE):
+        for w in range(QUERY_STRIDE, max(width, QUERY_STRIDE) * 2 + QUERY_STRIDE, QUERY_STRIDE):
+            if _grid_problem(h, w, num_heads, neighbour_size) is None:
+                candidates.append((abs(h - height) + abs(w - width), h, w))
+    best = sorted(candidates)[:3]
+    return ", ".join(f"[{h}, {w}]" for _, h, w in best) or "[224, 224] (paper)"
+
+
+def _grid_problem(height: int, width: int, num_heads: int, neighbour_size: int) -> str | None:
+    """Why an input size cannot work with these heads and neighbourhood, or None."""
+    if height <= 0 or width <= 0 or height % QUERY_STRIDE or width % QUERY_STRIDE:
+        return "height and width must be positive multiples of 16 (the query grid is input_size / 16)"
+    rows, cols = height // QUERY_STRIDE, width // QUERY_STRIDE
+    if (rows * cols) % num_heads:
+        return (f"the {rows}x{cols} = {rows * cols}-cell query grid must be divisible by num_heads={num_heads} "
+                "(the channel attention's token width is the number of grid cells)")
+    if rows <= neighbour_size and cols <= neighbour_size:
+        # The query at the grid's centre would have its whole grid blocked: no key left to attend to.
+        return (f"with neighbour_size={neighbour_size} a {rows}x{cols} query grid leaves a query with no key "
+                "outside its neighbourhood; the grid needs more than neighbour_size cells on at least one side")
+    return None
+
+
+def check_architecture(  # noqa: PLR0913 (one argument per model setting)
+    input_size: Sequence[int],
+    pixel_dim: int,
+    hidden_dim: int,
+    num_heads: int,
+    ffn_dim: int,
+    num_encoder_layers: int,
+    neighbour_size: int,
+    dropout: float,
+    jitter_scale: float,
+    jitter_prob: float,
+    loss_weight: float,
+) -> tuple[int, int]:
+    """Check the architecture arguments; return the input size as ``(height, width)`` ints.
+
+    Raises:
+        UniASArgumentError: naming the first argument that cannot work.
+    """
+    if isinstance(input_size, int | str) or len(input_size) != 2:
+        _fail("input_size", input_size, "must be [height, width]", "[224, 224] (paper)")
+    height, width = (int(v) for v in input_size)
+    if num_heads < 1:
+        _fail("num_heads", num_heads, "must be at least 1", "4 (paper)")
+    if neighbour_size < 1 or neighbour_size % 2 == 0:
+        _fail("neighbour_size", neighbour_size,
+              "must be a positive odd number (the blocked window is centred on each query)", "7 (paper)")
+    if pixel_dim < GROUP_NORM_GROUPS or pixel_dim % GROUP_NORM_GROUPS:
+        _fail("pixel_dim", pixel_dim, "must be a positive multiple of 32 (GroupNorm with 32 groups)",
+              f"{max(GROUP_NORM_GROUPS, round(pixel_dim / GROUP_NORM_GROUPS) * GROUP_NORM_GROUPS)} (paper: 256)")
+    if hidden_dim != pixel_dim:
+        _fail("hidden_dim", hidden_dim,
+              f"must equal pixel_dim={pixel_dim} (the queries are built from the pixel decoder's coarsest map)",
+              f"{pixel_dim} (paper: 256 for both)")
+    if pixel_dim % num_heads or (pixel_dim // num_heads) % 2:
+        _fail("num_heads", num_heads, f"must divide pixel_dim={pixel_dim} into heads of even width",
+              "4 (paper)" if pixel_dim % 8 == 0 else "1")
+    if ffn_dim < 1:
+        _fail("ffn_dim", ffn_dim, "must be at least 1", "2048 (paper)")
+    if num_encoder_layers < 0:
+        _fail("num_encoder_layers", num_encoder_layers, "must be 0 or more", "3 (paper)")
+    problem = _grid_problem(height, width, num_heads, neighbour_size)
+    if problem:
+        works = _working_sizes(height, width, num_heads, neighbour_size)
+        side = max(height, width) // QUERY_STRIDE
+        largest = side - 1 if side % 2 == 0 else side - 2
+        if "neighbourhood" in problem and largest >= 1:
+            works += f"; or keep the size with a neighbour_size of at most {largest}"
+        _fail("input_size", [height, width], problem, works)
+    if not 0 <= dropout < 1:
+        _fail("dropout", dropout, "must be in [0, 1)", "0.1 (paper)")
+    if not (math.isfinite(jitter_scale) and jitter_scale >= 0):
+        _fail("jitter_scale", jitter_scale, "must be a finite number >= 0 (0 = no feature jitter)", "20 (paper)")
+    if not 0 <= jitter_prob <= 1:
+        _fail("jitter_prob", jitter_prob, "is a probability and must be in [0, 1]", "0.5 (paper)")
+    if not (math.isfinite(loss_weight) and loss_weight > 0):
+        _fail("loss_weight", loss_weight, "must be a finite number > 0", "10 (paper, MVTec AD) or 1 (VisA)")
+    return height, width
+
+
+def check_recipe(
+    learning_rate: float,
+    weight_decay: float,
+    lr_schedule: str,
+    lr_step_epochs: int,
+    lr_gamma: float,
+    warmup_fraction: float,
+) -> None:
+    """Check the optimiser and schedule arguments.
+
+    Raises:
+        UniASArgumentError: naming the first argument that cannot work.
+    """
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        _fail("learning_rate", learning_rate, "must be a finite number > 0", "1e-4 (paper)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        _fail("weight_decay", weight_decay, "must be a finite number >= 0", "1e-4 (paper)")
+    if lr_schedule not in ("step", "cosine"):
+        _fail("lr_schedule", lr_schedule, "must be 'step' (paper) or 'cosine'", "'step'")
+    if lr_step_epochs < 1:
+        _fail("lr_step_epochs", lr_step_epochs, "must be at least 1 epoch", "400 (paper)")
+    if not 0 < lr_gamma <= 1:
+        _fail("lr_gamma", lr_gamma, "must be in (0, 1]", "0.1 (paper)")
+    if not 0 <= warmup_fraction < 1:
+        _fail("warmup_fraction", warmup_fraction, "must be in [0, 1)", "0.05")
