@@ -262,12 +262,17 @@ class UniAS(AnomalibModule):
         return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, spec §7)."""
+        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, spec §7).
+
+        ``foreach=True``: the same update, computed for all parameter tensors at once (PyTorch picks the
+        per-tensor loop on CPU by default, which cost a quarter of a small model's training step here).
+        """
         optimizer = torch.optim.AdamW(
             (p for p in self.model.parameters() if p.requires_grad),
             lr=self.learning_rate,
             betas=(0.9, 0.999),
             weight_decay=self.weight_decay,
+            foreach=True,
         )
         if self.lr_schedule == "cosine":
             total_steps = int(self.trainer.estimated_stepping_batches)
@@ -275,6 +280,19 @@ class UniAS(AnomalibModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global L2 norm of all gradients (paper: 0.1), computed for all tensors at once (``foreach``)."""
+        if gradient_clip_val is None or gradient_clip_algorithm not in (None, "norm"):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val, foreach=True)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

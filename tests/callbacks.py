@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -19,3 +20,17 @@ class KillDuringEpoch(Callback):
         del pl_module, batch
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveTestMetrics(Callback):
+    """Write the logged test metrics (full float precision) to ``path`` as JSON, from global rank 0."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        del pl_module
+        if trainer.is_global_zero:
+            values = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            with open(self.path, "w") as stream:  # noqa: PTH123
+                json.dump({"metrics": values, "world_size": trainer.world_size}, stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -98,3 +99,28 @@ def test_training_and_validation_steps(model: UniAS) -> None:
     assert out is batch
     assert out.anomaly_map.shape == (2, 64, 64)  # anomalib batches store maps without the channel axis
     assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).amax(1))
+
+
+def test_foreach_optimiser_and_clipping_equal_the_per_tensor_recipe() -> None:
+    """Three steps of our optimiser + clipping give the parameters PyTorch's per-tensor AdamW + clip give."""
+    torch.manual_seed(0)
+    ours = UniAS(backbone="tf_efficientnet_lite0", pre_trained=False, **TINY)
+    reference = copy.deepcopy(ours)
+    optimizer = ours.configure_optimizers()["optimizer"]
+    reference_optimizer = torch.optim.AdamW(
+        [p for p in reference.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, foreach=False
+    )
+    images = torch.rand(2, 3, 64, 64)
+    for step in range(3):
+        for model, opt in ((ours, optimizer), (reference, reference_optimizer)):
+            torch.manual_seed(step)  # same jitter and dropout draws in both models
+            model.train()
+            opt.zero_grad()
+            model.model(images)[0].backward()
+            if model is ours:
+                model.configure_gradient_clipping(opt, 0.1, "norm")
+            else:
+                torch.nn.utils.clip_grad_norm_(list(model.model.parameters()), 0.1, foreach=False)
+            opt.step()
+    for (name, mine), theirs in zip(ours.model.named_parameters(), reference.model.parameters(), strict=True):
+        assert torch.allclose(mine, theirs, rtol=0, atol=1e-7), name

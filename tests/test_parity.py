@@ -7,6 +7,8 @@ every stored output is compared with ``max|x - ref| <= 2e-5 * max|ref|`` (losses
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -37,13 +39,17 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
     """Run the converted head on the fixture inputs; return (ours, reference, weights digest)."""
     require_reference()
     torch.set_num_threads(2)
+    # benchmarks/gpu_check.sh runs this test on a GPU with UNIAS_PARITY_DEVICE=cuda (TF32 off: plain FP32).
+    device = torch.device(os.environ.get("UNIAS_PARITY_DEVICE", "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     reference = load_file(FIXTURE_FILE)
     official, digest = formula_head_state_dict()
     converted, dropped = convert_reference_state_dict(official)
     assert not dropped
     head = UniASHead([24, 32, 56, 160], input_size=(224, 224))
     head.load_state_dict({k.removeprefix("head."): v for k, v in converted.items()}, strict=True)
-    head.eval()
+    head.eval().to(device)
 
     captured: dict[str, torch.Tensor] = {}
 
@@ -58,7 +64,7 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
     for level, adaptor in enumerate(decoder.adaptors):
         adaptor.register_forward_hook(keep(f"dec.stage{level}.tokens", grid_to_reference))
 
-    features = [reference[f"input.feat.res{i}"] for i in (1, 2, 3, 4)]
+    features = [reference[f"input.feat.res{i}"].to(device) for i in (1, 2, 3, 4)]
     with torch.no_grad():
         result = head.reconstruct(features)
         level_maps = head.anomaly_map.level_maps(result.reconstructions, result.targets)
@@ -106,7 +112,7 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
     ours["loss.level_mse"] = torch.stack(mse)
     ours["loss.level_cos_term_code"] = torch.stack(code_cos)
     ours["loss.level_one_minus_cos"] = torch.stack(one_minus_cos)
-    return ours, reference, digest
+    return {name: value.detach().cpu() for name, value in ours.items()}, reference, digest
 
 
 def test_formula_weights_match_fixture_checksum(parity_run) -> None:  # noqa: ANN001

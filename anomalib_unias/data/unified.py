@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from anomalib.data.datasets.image.visa import EXTENSIONS as VISA_EXTENSIONS
 from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, validate_path
 from anomalib.utils.path import resolve_dataset_root
 from pandas import DataFrame
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms.v2 import Compose, Transform
 from torchvision.tv_tensors import Mask
 
@@ -288,6 +289,16 @@ class UnifiedFolder(AnomalibDataModule):
             msg = f"Category folders {missing} not found in {self.data_root}."
             raise FileNotFoundError(msg)
 
+    def val_dataloader(self) -> DataLoader:
+        """anomalib's validation loader; multi-process runs see every sample once (no padding)."""
+        return _evaluation_loader(self.val_data, self.eval_batch_size, self.num_workers,
+                                  self.external_collate_fn or self.val_data.collate_fn)
+
+    def test_dataloader(self) -> DataLoader:
+        """anomalib's test loader; multi-process runs see every sample once (no padding)."""
+        return _evaluation_loader(self.test_data, self.eval_batch_size, self.num_workers,
+                                  self.external_collate_fn or self.test_data.collate_fn)
+
     def _setup(self, _stage: str | None = None) -> None:
         categories = self.categories
         self.train_data = UnifiedDataset(self.data_root, categories, Split.TRAIN, self.extensions, resize_masks=self.resize_masks)
@@ -298,6 +309,34 @@ class UnifiedFolder(AnomalibDataModule):
             start = time.perf_counter()
             check_samples(rows, resize_masks=self.resize_masks)
             logger.info("Checked %d images and their masks in %.1f s.", len(rows), time.perf_counter() - start)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler for multi-process runs: every sample exactly once over all processes.
+
+    torch's ``DistributedSampler`` (what Lightning puts in otherwise) repeats samples so that every
+    process gets as many; repeated test images would count twice in every metric.  Here process ``r``
+    of ``n`` takes samples ``r, r + n, r + 2n, ...`` in order, and processes may get one sample fewer.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        """This process's indices, without padding."""
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        """Number of samples of this process."""
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def _evaluation_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable) -> DataLoader:
+    """A sequential evaluation loader; in a multi-process run, with :class:`UnpaddedDistributedSampler`."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sampler = UnpaddedDistributedSampler(dataset) if distributed and torch.distributed.get_world_size() > 1 else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn)
 
 
 def _with_paper_augmentation(augmentation: Transform, train_augmentations: Transform | None) -> Transform:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from anomalib.metrics import AnomalibMetric
+from torch import distributed as dist
 from torch import nn
 from torchmetrics import Metric
 
@@ -26,6 +27,17 @@ from ..data.category import category_of
 
 # Samples outside the MVTec layout (e.g. a flat folder) are evaluated together under this name.
 UNCATEGORISED = "all"
+
+
+def _to_cpu(states: Any) -> Any:  # noqa: ANN401
+    """Tensors (in nested dicts/lists) moved to CPU, for ``all_gather_object``."""
+    if isinstance(states, torch.Tensor):
+        return states.detach().cpu()
+    if isinstance(states, dict):
+        return {key: _to_cpu(value) for key, value in states.items()}
+    if isinstance(states, list | tuple):
+        return [_to_cpu(value) for value in states]
+    return states
 
 
 def _drop_per_category_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -46,6 +58,7 @@ class _PerCategory(Metric):
         self.categories: list[str] = []
         self.per_category = nn.ModuleList()
         self.target_counts: dict[str, list[int]] = {}  # category -> [positive, negative] ground-truth entries
+        self._gathered = False
 
     def update(self, *values: Any) -> None:
         """Route every sample to the copy of the wrapped metric for its category.
@@ -54,6 +67,7 @@ class _PerCategory(Metric):
             *values: The wrapped metric's fields, in its ``fields`` order, followed by ``image_path``.
         """
         *field_values, image_paths = values
+        self._gathered = False
         sample_categories = [category_of(path, default=UNCATEGORISED) for path in image_paths]
         for category in dict.fromkeys(sample_categories):
             positions = [index for index, name in enumerate(sample_categories) if name == category]
@@ -81,6 +95,41 @@ class _PerCategory(Metric):
             self.per_category.append(metric)
         return self.per_category[self.categories.index(category)]
 
+    def _gather_across_processes(self) -> None:
+        """Multi-process evaluation (DDP): give every process every category's samples from all processes.
+
+        Each process saw only its share of the test set, and maybe not every category.  The per-category
+        states are exchanged once (``all_gather_object``, so states of any dtype and empty ones travel
+        alike), merged with each state's own reduction (list states concatenated), and the copies are
+        told not to synchronise again.  Every metric here is independent of the order of its samples.
+        """
+        if self._gathered or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        local = {
+            category: {attr: getattr(metric, attr) for attr in metric._reductions}  # noqa: SLF001
+            for category, metric in zip(self.categories, self.per_category, strict=True)
+        }
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (_to_cpu(local), self.target_counts))
+        categories = sorted({category for states, _ in gathered for category in states})
+        self.categories, self.per_category, self.target_counts = [], nn.ModuleList(), {}
+        for category in categories:
+            metric = self._metric_for(category)
+            for attr, reduction in metric._reductions.items():  # noqa: SLF001
+                parts = [states[category][attr] for states, _ in gathered if category in states]
+                if isinstance(getattr(metric, attr), list):
+                    merged: Any = [tensor.to(self.device) for part in parts for tensor in part]
+                else:
+                    stacked = torch.stack([part.to(self.device) for part in parts])
+                    merged = reduction(stacked) if reduction is not None else stacked
+                setattr(metric, attr, merged)
+            metric._to_sync = False  # noqa: SLF001 (already holds every process's samples)
+            metric._update_count = max(1, metric._update_count)  # noqa: SLF001
+            self.target_counts[category] = [
+                sum(counts[category][index] for _, counts in gathered if category in counts) for index in (0, 1)
+            ]
+        self._gathered = True
+
     def undefined_categories(self) -> list[str]:
         """Categories whose ground truth has only one class (e.g. no defective image, or no defect pixel).
 
@@ -97,6 +146,7 @@ class _PerCategory(Metric):
         Categories of :meth:`undefined_categories`, and those whose value is None or NaN, are left out:
         they are "n/a", not 0.
         """
+        self._gather_across_processes()
         undefined = set(self.undefined_categories())
         values = {
             category: metric.compute()
@@ -120,6 +170,7 @@ class _PerCategory(Metric):
         self.categories = []
         self.per_category = nn.ModuleList()
         self.target_counts = {}
+        self._gathered = False
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Not supported: torchmetrics' batch-value forward would reset the per-category copies."""
@@ -140,8 +191,9 @@ class PerCategory(AnomalibMetric, _PerCategory):  # type: ignore[misc]
         **kwargs: torchmetrics ``Metric`` options.
 
     Categories come from ``batch.image_path`` (MVTec layout ``<root>/<category>/<split>/...``); a path
-    of another layout raises ``ValueError``.  Not meant for multi-process (DDP) evaluation: the set of
-    categories is local to each process.
+    of another layout raises ``ValueError``.  Multi-process (DDP) evaluation gathers every process's
+    samples of every category before computing, so the values equal a single-process evaluation's
+    (given a sampler that does not repeat samples, see :class:`~anomalib_unias.data.UnifiedFolder`).
 
     Example (YAML, inside an evaluator's ``test_metrics``)::
 
