@@ -13,7 +13,8 @@ So a plugin class must be imported and set as an attribute of ``anomalib.models`
 before any of these run.  A ``.pth`` file in site-packages calls :func:`install` at interpreter start;
 it puts a finder at the front of ``sys.meta_path`` that answers nothing itself: for anomalib's modules
 (itself, its public sub-packages, and the modules it serves or fixes) it takes the spec from the finders
-behind it and wraps the loader, so that it knows when the outermost anomalib import has finished.  Once ``anomalib.models`` or ``anomalib.data`` has run and no anomalib module is
+behind it and wraps the loader, so that it knows when the outermost anomalib import has finished.
+Once ``anomalib.models`` or ``anomalib.data`` has run and no anomalib module is
 executing any more, every entry point of the group of the same name (from every installed
 distribution, so it serves any plugin) is loaded and registered:
 

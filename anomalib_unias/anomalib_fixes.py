@@ -10,7 +10,7 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
     trained different models.  The fix seeds exactly as Lightning's own ``LightningCLI`` does (an int
     seeds with that value, ``True`` draws a random seed and records it in the saved config, ``False``
     leaves the generators alone), before the model and the data are built;
-  - ``anomalib test|predict|validate --model UniAS --ckpt_path X`` builds UniAS with the settings stored
+  - ``anomalib test|predict|validate|export --model UniAS --ckpt_path X`` builds UniAS with the settings stored
     in X (backbone, input size, widths; no download), so any UniAS checkpoint can be tested.
 * :func:`test_final_model_after_resume` (``anomalib.engine.engine``): ``Engine.train(ckpt_path=X)`` (and
   ``anomalib train --ckpt_path X``) resumed training from X and then *tested X* again, so the printed
@@ -22,6 +22,7 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,10 +37,11 @@ def fix_cli(module: ModuleType) -> None:
     cli_class = module.AnomalibCLI
     original = cli_class.before_instantiate_classes
 
-    def before_instantiate_classes(self: Any) -> None:  # noqa: ANN401
+    def before_instantiate_classes(self: Any) -> None:
         original(self)
         subcommand_config = self.config.get(str(self.subcommand), self.config)
         _use_checkpoint_settings(str(self.subcommand), subcommand_config)
+        _refuse_bad_unias_arguments(str(self.subcommand), subcommand_config)
         seed = subcommand_config.get("seed_everything", None)
         if seed is None or seed is False:
             return
@@ -49,8 +51,8 @@ def fix_cli(module: ModuleType) -> None:
     cli_class.before_instantiate_classes = before_instantiate_classes
 
 
-def _use_checkpoint_settings(subcommand: str, config: Any) -> None:  # noqa: ANN401
-    """``anomalib test|predict|validate --model UniAS --ckpt_path X``: take the model's settings from X.
+def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
+    """``anomalib test|predict|validate|export --model UniAS --ckpt_path X``: take the model's settings from X.
 
     anomalib builds the model from the command line (defaults for anything not given: B4 at 224 with
     paper widths, downloading ImageNet weights) and only then loads the checkpoint's tensors, which fail
@@ -58,7 +60,7 @@ def _use_checkpoint_settings(subcommand: str, config: Any) -> None:  # noqa: ANN
     argument; they replace the command line's, with ``pre_trained=False`` (the backbone's weights are in
     the checkpoint), as ``anomalib export`` already does through ``load_from_checkpoint``.
     """
-    if subcommand not in ("test", "predict", "validate"):
+    if subcommand not in ("test", "predict", "validate", "export"):
         return
     ckpt_path, model = config.get("ckpt_path"), config.get("model")
     if not ckpt_path or model is None or not _is_unias(model.get("class_path")):
@@ -69,6 +71,31 @@ def _use_checkpoint_settings(subcommand: str, config: Any) -> None:  # noqa: ANN
             init_args[key] = list(value) if isinstance(value, tuple) else value
     init_args["pre_trained"] = False
     init_args["weights"] = None
+
+
+def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
+    """Check UniAS's arguments before jsonargparse builds the model, and exit like an argparse error.
+
+    A refusal raised inside the constructor reaches the user at the end of a ~180-line traceback of
+    jsonargparse's Union handling; here it is the one line they read, with exit status 2.
+    """
+    model = config.get("model") if hasattr(config, "get") else None
+    if model is None or not _is_unias(model.get("class_path")):
+        return
+    from .validation import check_architecture, check_recipe  # noqa: PLC0415
+    from .weights import check_backbone_name  # noqa: PLC0415
+
+    args = dict(vars(model.get("init_args")))
+    architecture = ("input_size", "pixel_dim", "hidden_dim", "num_heads", "ffn_dim", "num_encoder_layers",
+                    "neighbour_size", "dropout", "jitter_scale", "jitter_prob", "loss_weight")  # fmt: skip
+    recipe = ("learning_rate", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "warmup_fraction")
+    try:
+        check_backbone_name(str(args["backbone"]))
+        check_architecture(**{key: args[key] for key in architecture})
+        check_recipe(**{key: args[key] for key in recipe})
+    except ValueError as error:
+        print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _is_unias(class_path: str | None) -> bool:
@@ -89,19 +116,21 @@ def test_final_model_after_resume(module: ModuleType) -> None:
     engine_class = module.Engine
     original = engine_class.train
 
-    def train(  # noqa: PLR0913 (anomalib's signature)
-        self: Any,  # noqa: ANN401
-        model: Any,  # noqa: ANN401
-        train_dataloaders: Any = None,  # noqa: ANN401
-        val_dataloaders: Any = None,  # noqa: ANN401
-        test_dataloaders: Any = None,  # noqa: ANN401
-        datamodule: Any = None,  # noqa: ANN401
+    def train(
+        self: Any,
+        model: Any,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        test_dataloaders: Any = None,
+        datamodule: Any = None,
         ckpt_path: str | Path | None = None,
-    ) -> Any:  # noqa: ANN401
+    ) -> Any:
         if not ckpt_path or model.learning_type in {module.LearningType.ZERO_SHOT, module.LearningType.FEW_SHOT}:
             return original(self, model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, ckpt_path)
         # anomalib's Engine.train, except that ``trainer.test`` gets no ckpt_path: it tests the weights in memory.
-        self._setup_workspace(model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, versioned_dir=True)
+        self._setup_workspace(
+            model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, versioned_dir=True
+        )
         self._setup_trainer(model)
         self.trainer.fit(model, train_dataloaders, val_dataloaders, datamodule, Path(ckpt_path).resolve())
         return self.trainer.test(model, test_dataloaders, datamodule=datamodule)

@@ -32,8 +32,8 @@ def _mgg(prefix: str) -> Callable[[re.Match], str]:
 
 _HEAD_RULES: list[tuple[str, Callable[[re.Match], str]]] = [
     # pixel decoder (spec §3); adapter/layer 1..3 are res1..res3, our laterals/outputs run coarse to fine
-    (r"pixel_decoder\.input_proj\.", lambda m: "pixel_decoder.input_proj."),
-    (r"pixel_decoder\.layer_4\.", lambda m: "pixel_decoder.top_conv."),
+    (r"pixel_decoder\.input_proj\.", lambda _: "pixel_decoder.input_proj."),
+    (r"pixel_decoder\.layer_4\.", lambda _: "pixel_decoder.top_conv."),
     (r"pixel_decoder\.adapter_([123])\.norm\.", lambda m: f"pixel_decoder.laterals.{3 - int(m[1])}.norm."),
     (r"pixel_decoder\.adapter_([123])\.", lambda m: f"pixel_decoder.laterals.{3 - int(m[1])}.conv."),
     (r"pixel_decoder\.layer_([123])\.norm\.", lambda m: f"pixel_decoder.outputs.{3 - int(m[1])}.norm."),
@@ -44,28 +44,30 @@ _HEAD_RULES: list[tuple[str, Callable[[re.Match], str]]] = [
      lambda m: f"pixel_decoder.encoder.{m[1]}.self_attn.norm."),
     (r"pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.(linear[12])\.",
      lambda m: f"pixel_decoder.encoder.{m[1]}.ffn.{m[2]}."),
-    (r"pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm2\.", lambda m: f"pixel_decoder.encoder.{m[1]}.ffn.norm."),
+    (r"pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm2\.",
+     lambda m: f"pixel_decoder.encoder.{m[1]}.ffn.norm."),
     # decoder memory (spec §4.1)
     (r"predictor\.patch_embed\.(\d+)\.proj\.", lambda m: f"decoder.patch_embeds.{m[1]}."),
     (r"predictor\.input_proj\.(\d+)\.", lambda m: f"decoder.memory_projs.{m[1]}."),
-    (r"predictor\.level_embed_src\.weight$", lambda m: "decoder.level_embed"),
+    (r"predictor\.level_embed_src\.weight$", lambda _: "decoder.level_embed"),
     # sample-aware queries (spec §4.2)
-    (r"predictor\.spatial_query_feat\.weight$", lambda m: "decoder.queries.query_feat"),
-    (r"predictor\.spatial_query_embed\.weight$", lambda m: "decoder.query_pos"),
-    (r"predictor\.feature_projector\.", lambda m: "decoder.queries.feature_projector."),
+    (r"predictor\.spatial_query_feat\.weight$", lambda _: "decoder.queries.query_feat"),
+    (r"predictor\.spatial_query_embed\.weight$", lambda _: "decoder.query_pos"),
+    (r"predictor\.feature_projector\.", lambda _: "decoder.queries.feature_projector."),
     (r"predictor\.query_processor\.channel_weight\.agg\.layers\.(\d+)\.",
      lambda m: f"decoder.queries.channel_mlp.{2 * int(m[1])}."),
-    (r"predictor\.query_processor\.spatial_weight\.conv\.", lambda m: "decoder.queries.spatial_conv."),
+    (r"predictor\.query_processor\.spatial_weight\.conv\.", lambda _: "decoder.queries.spatial_conv."),
     (r"predictor\.query_processor\.adaptor\.(?P<branch>conv[0-3])\.", _mgg("decoder.queries.mgg_cnn")),
     # transformer blocks (spec §4.3)
     (r"predictor\.transformer_block\.(\d+)\.(Spatial|Channel)(Self|Cross)AttnLayer\.(?:self_attn|multihead_attn)\.",
      lambda m: f"decoder.blocks.{m[1]}.{m[2].lower()}_{m[3].lower()}_attn.attn."),
     (r"predictor\.transformer_block\.(\d+)\.(Spatial|Channel)(Self|Cross)AttnLayer\.norm\.",
      lambda m: f"decoder.blocks.{m[1]}.{m[2].lower()}_{m[3].lower()}_attn.norm."),
-    (r"predictor\.transformer_block\.(\d+)\.(Spatial|Channel)FFNLayer\.", lambda m: f"decoder.blocks.{m[1]}.{m[2].lower()}_ffn."),
+    (r"predictor\.transformer_block\.(\d+)\.(Spatial|Channel)FFNLayer\.",
+     lambda m: f"decoder.blocks.{m[1]}.{m[2].lower()}_ffn."),
     # MGG-CNN adaptors, shared norm and reconstruction heads (spec §4.5-4.6)
     (r"predictor\.layer_adaptors\.(\d+)\.(?P<branch>conv[0-3])\.", lambda m: _mgg(f"decoder.adaptors.{m[1]}")(m)),
-    (r"predictor\.decoder_norm\.", lambda m: "decoder.norm."),
+    (r"predictor\.decoder_norm\.", lambda _: "decoder.norm."),
     (r"predictor\.out_agg\.(\d+)\.([123])\.", lambda m: f"decoder.heads.{m[1]}.convs.{int(m[2]) - 1}."),
 ]
 
@@ -133,7 +135,7 @@ def convert_lukemelas_key(key: str, stage_depths: tuple[int, ...]) -> str:
 
 def _unused_backbone_key(key: str) -> bool:
     """Whether a lukemelas B4 key belongs to a stage after the stride-16 tap (never run here)."""
-    if key.split(".")[0] in {"_conv_head", "_bn1", "_fc"}:
+    if key.split(".", maxsplit=1)[0] in {"_conv_head", "_bn1", "_fc"}:
         return True
     match = re.match(r"_blocks\.(\d+)\.", key)
     return bool(match) and int(match.group(1)) >= sum(B4_STAGE_DEPTHS[:B4_KEPT_STAGES])

@@ -15,7 +15,6 @@ resumed run draws other feature jitter, dropout and shuffling than an uninterrup
 
 from __future__ import annotations
 
-import os
 import random
 import zipfile
 from pathlib import Path
@@ -43,8 +42,10 @@ def check_checkpoint_file(path: str | Path) -> Path:
         CheckpointFileError: naming the file, what is wrong and the fix.
     """
     path = Path(path).expanduser()
-    fix = ("use another checkpoint of that run (weights/lightning/model.ckpt or last.ckpt, written after every "
-           "epoch), or train again")
+    fix = (
+        "use another checkpoint of that run (weights/lightning/model.ckpt or last.ckpt, written after every "
+        "epoch), or train again"
+    )
     if not path.is_file():
         msg = f"Checkpoint {path} does not exist; {fix}."
         raise CheckpointFileError(msg)
@@ -53,8 +54,10 @@ def check_checkpoint_file(path: str | Path) -> Path:
         msg = f"Checkpoint {path} is empty (0 bytes): the run that wrote it was probably killed while saving; {fix}."
         raise CheckpointFileError(msg)
     if not zipfile.is_zipfile(path):
-        msg = (f"Checkpoint {path} ({size} bytes) is not a PyTorch checkpoint (truncated, corrupt, or another kind "
-               f"of file); {fix}.")
+        msg = (
+            f"Checkpoint {path} ({size} bytes) is not a PyTorch checkpoint (truncated, corrupt, or another kind "
+            f"of file); {fix}."
+        )
         raise CheckpointFileError(msg)
     return path
 
@@ -93,8 +96,13 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     numpy_state = states["numpy"]
     np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
-         numpy_state["gauss"]),
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        ),
     )
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -133,5 +141,5 @@ class LastCheckpoint(Callback):
         partial = path.with_name(path.name + ".partial")
         trainer.save_checkpoint(partial)
         if trainer.is_global_zero:
-            os.replace(partial, path)
+            partial.replace(path)
         trainer.strategy.barrier("last_checkpoint")

@@ -29,7 +29,7 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
@@ -39,7 +39,6 @@ from .post_processor import UniASPostProcessor
 from .torch_model import UniASModel
 from .validation import check_architecture, check_recipe
 from .weights import create_backbone
-
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,7 +177,7 @@ class UniAS(AnomalibModule):
         )
 
     def configure_post_processor(self) -> UniASPostProcessor:
-        """anomalib's thresholding with a strictly monotone normalisation, so ranks (pAP, AUROC) survive."""
+        """Anomalib's thresholding with a strictly monotone normalisation, so ranks (pAP, AUROC) survive."""
         return UniASPostProcessor()
 
     @staticmethod
@@ -188,17 +187,17 @@ class UniAS(AnomalibModule):
 
     @classmethod
     def configure_visualizer(cls) -> UnifiedImageVisualizer:
-        """anomalib's image visualizer, saving under ``images/<category>/<defect>/`` for unified runs."""
+        """Anomalib's image visualizer, saving under ``images/<category>/<defect>/`` for unified runs."""
         return UnifiedImageVisualizer()
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks, ``last.ckpt`` every epoch, and the per-category table after testing."""
+        """Anomalib's component callbacks, ``last.ckpt`` every epoch, and the per-category table after testing."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
         return [*callbacks, LastCheckpoint(), CategoryTablePrinter()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """anomalib's checkpoint content plus the random-generator states (for an exact resume)."""
+        """Anomalib's checkpoint content plus the random-generator states (for an exact resume)."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[RNG_STATES_KEY] = rng_states()
 
@@ -210,7 +209,7 @@ class UniAS(AnomalibModule):
             restore_rng_states(states)
 
     def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
-        """anomalib's pipeline (pre-processor, model, post-processor), plus: an image with a NaN/Inf pixel is anomalous.
+        """Anomalib's pipeline (pre-processor, model, post-processor), plus: an image with a NaN/Inf pixel is anomalous.
 
         This is the graph that ``to_torch``/``to_onnx``/``to_openvino`` export.  The check runs on the
         input image itself, before the in-graph resize (whose sampling may or may not reach the bad
@@ -228,9 +227,9 @@ class UniAS(AnomalibModule):
         export_root: Path | str,
         model_file_name: str = "model",
         input_size: tuple[int, int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
+        **kwargs: Any,
     ) -> Path:
-        """anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
+        """Anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
@@ -301,7 +300,11 @@ class UniAS(AnomalibModule):
         anomalib lets these override the user's trainer flags, so epochs are left to the configs unless
         ``max_epochs`` was given to the model (for ``anomalib benchmark``, which has no trainer section).
         """
-        arguments: dict[str, Any] = {"gradient_clip_val": 0.1, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
+        arguments: dict[str, Any] = {
+            "gradient_clip_val": 0.1,
+            "gradient_clip_algorithm": "norm",
+            "num_sanity_val_steps": 0,
+        }
         if self.max_epochs is not None:
             arguments["max_epochs"] = self.max_epochs
         return arguments

@@ -20,6 +20,7 @@ from .components.backbone import FrozenBackbone
 from .loss import UniASLoss
 from .validation import QUERY_STRIDE, check_architecture
 
+
 @dataclass
 class Reconstruction:
     """Targets and reconstructions of every level, coarse to fine."""

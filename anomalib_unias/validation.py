@@ -43,16 +43,20 @@ def _grid_problem(height: int, width: int, num_heads: int, neighbour_size: int) 
         return "height and width must be positive multiples of 16 (the query grid is input_size / 16)"
     rows, cols = height // QUERY_STRIDE, width // QUERY_STRIDE
     if (rows * cols) % num_heads:
-        return (f"the {rows}x{cols} = {rows * cols}-cell query grid must be divisible by num_heads={num_heads} "
-                "(the channel attention's token width is the number of grid cells)")
+        return (
+            f"the {rows}x{cols} = {rows * cols}-cell query grid must be divisible by num_heads={num_heads} "
+            "(the channel attention's token width is the number of grid cells)"
+        )
     if rows <= neighbour_size and cols <= neighbour_size:
         # The query at the grid's centre would have its whole grid blocked: no key left to attend to.
-        return (f"with neighbour_size={neighbour_size} a {rows}x{cols} query grid leaves a query with no key "
-                "outside its neighbourhood; the grid needs more than neighbour_size cells on at least one side")
+        return (
+            f"with neighbour_size={neighbour_size} a {rows}x{cols} query grid leaves a query with no key "
+            "outside its neighbourhood; the grid needs more than neighbour_size cells on at least one side"
+        )
     return None
 
 
-def check_architecture(  # noqa: PLR0913 (one argument per model setting)
+def check_architecture(  # noqa: PLR0912 (one branch per rule)
     input_size: Sequence[int],
     pixel_dim: int,
     hidden_dim: int,
@@ -76,18 +80,33 @@ def check_architecture(  # noqa: PLR0913 (one argument per model setting)
     if num_heads < 1:
         _fail("num_heads", num_heads, "must be at least 1", "4 (paper)")
     if neighbour_size < 1 or neighbour_size % 2 == 0:
-        _fail("neighbour_size", neighbour_size,
-              "must be a positive odd number (the blocked window is centred on each query)", "7 (paper)")
+        _fail(
+            "neighbour_size",
+            neighbour_size,
+            "must be a positive odd number (the blocked window is centred on each query)",
+            "7 (paper)",
+        )
     if pixel_dim < GROUP_NORM_GROUPS or pixel_dim % GROUP_NORM_GROUPS:
-        _fail("pixel_dim", pixel_dim, "must be a positive multiple of 32 (GroupNorm with 32 groups)",
-              f"{max(GROUP_NORM_GROUPS, round(pixel_dim / GROUP_NORM_GROUPS) * GROUP_NORM_GROUPS)} (paper: 256)")
+        _fail(
+            "pixel_dim",
+            pixel_dim,
+            "must be a positive multiple of 32 (GroupNorm with 32 groups)",
+            f"{max(GROUP_NORM_GROUPS, round(pixel_dim / GROUP_NORM_GROUPS) * GROUP_NORM_GROUPS)} (paper: 256)",
+        )
     if hidden_dim != pixel_dim:
-        _fail("hidden_dim", hidden_dim,
-              f"must equal pixel_dim={pixel_dim} (the queries are built from the pixel decoder's coarsest map)",
-              f"{pixel_dim} (paper: 256 for both)")
+        _fail(
+            "hidden_dim",
+            hidden_dim,
+            f"must equal pixel_dim={pixel_dim} (the queries are built from the pixel decoder's coarsest map)",
+            f"{pixel_dim} (paper: 256 for both)",
+        )
     if pixel_dim % num_heads or (pixel_dim // num_heads) % 2:
-        _fail("num_heads", num_heads, f"must divide pixel_dim={pixel_dim} into heads of even width",
-              "4 (paper)" if pixel_dim % 8 == 0 else "1")
+        _fail(
+            "num_heads",
+            num_heads,
+            f"must divide pixel_dim={pixel_dim} into heads of even width",
+            "4 (paper)" if pixel_dim % 8 == 0 else "1",
+        )
     if ffn_dim < 1:
         _fail("ffn_dim", ffn_dim, "must be at least 1", "2048 (paper)")
     if num_encoder_layers < 0:

@@ -316,9 +316,10 @@ def hub_weights_file(name: str) -> Path:
         except EntryNotFoundError:  # the repo lacks this file: try the next one, as timm does
             continue
         except Exception as error:  # the hub answered the probe but does not serve the file
+            first_line = str(error).splitlines()[0] if str(error) else ""
             msg = (
                 f"Pretrained weights for backbone '{name}' (Hugging Face repo '{repo_id}') could not be downloaded "
-                f"from {constants.ENDPOINT} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                f"from {constants.ENDPOINT} ({type(error).__name__}: {first_line}); "
                 f"a proxy or firewall that answers in the hub's place causes this too.{_fixes(name, repo_id)}"
             )
             raise WeightsUnavailableError(msg) from error
@@ -329,7 +330,8 @@ def hub_weights_file(name: str) -> Path:
 def _unreachable_reason(endpoint: str) -> str | None:
     """Why ``endpoint`` cannot be reached within :data:`HUB_TIMEOUT_S` (``None`` if it answers).
 
-    Uses huggingface_hub's own HTTP session, so proxies and CA settings apply as for downloads.  The request runs in a daemon thread with a hard deadline because the
+    Uses huggingface_hub's own HTTP session, so proxies and CA settings apply as for downloads.  The
+    request runs in a daemon thread with a hard deadline because the
     client's timeouts apply per phase (a silent server took 2 x 3 s: TCP connect, then TLS handshake) and
     not at all to DNS resolution.  An HTTP error status (a proxy that answers every address with 404, a
     captive portal) counts as unreachable too.
@@ -344,9 +346,8 @@ def _unreachable_reason(endpoint: str) -> str | None:
         except Exception as error:  # noqa: BLE001 (whatever the transport raises means "not reachable")
             outcome.append(f"{endpoint} is unreachable ({type(error).__name__}: {error})")
             return
-        outcome.append(
-            None if status < 400 else f"{endpoint} answered HTTP {status} instead of the hub (a proxy or captive portal?)"
-        )
+        answer = f"{endpoint} answered HTTP {status} instead of the hub (a proxy or captive portal?)"
+        outcome.append(None if status < 400 else answer)
 
     thread = threading.Thread(target=probe, name="hf-hub-probe", daemon=True)
     thread.start()

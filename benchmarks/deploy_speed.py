@@ -87,7 +87,7 @@ def cpu_description() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- workers
-def _time_calls(call: Any, repeats: int) -> float:  # noqa: ANN401
+def _time_calls(call: Any, repeats: int) -> float:
     """Median seconds per call over ``repeats`` calls after one warm-up call.
 
     The median, because a call that shares the cores with another process can be many times slower
@@ -102,7 +102,7 @@ def _time_calls(call: Any, repeats: int) -> float:  # noqa: ANN401
     return statistics.median(durations)
 
 
-def _build_model(spec: dict[str, Any]) -> Any:  # noqa: ANN401
+def _build_model(spec: dict[str, Any]) -> Any:
     import torch
 
     from anomalib_unias import UniAS
@@ -179,7 +179,7 @@ WORKERS = {"torch-eval": worker_torch_eval, "torch-train": worker_torch_train, "
 def run_worker(kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Run one configuration in a fresh interpreter; its last stdout line is the JSON result."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, __file__, "--worker", kind, json.dumps(spec)],
         capture_output=True,
         text=True,
@@ -255,7 +255,8 @@ def markdown_report(rows: list[dict], cpu: dict[str, Any], args: argparse.Namesp
         "",
         "## Inference (whole pipeline: pre-processing, model, anomaly map, post-processing)",
         "",
-        "| backbone | runtime | OV precision hint | batch | images/s | ms/image | reference images/s | ours / reference "
+        "| backbone | runtime | OV precision hint | batch | images/s | ms/image | reference images/s "
+        "| ours / reference "
         "| peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -50,7 +50,7 @@ def autocast(device: torch.device, precision: str):  # noqa: ANN201
 
 
 def build_model(device: torch.device, quick: bool):  # noqa: ANN201
-    from anomalib_unias import UniAS  # noqa: PLC0415
+    from anomalib_unias import UniAS
 
     settings = (
         {"backbone": "tf_efficientnet_lite0", "input_size": (64, 64), "pixel_dim": 32, "hidden_dim": 32, "ffn_dim": 64,
@@ -90,8 +90,10 @@ def inference_table(device: torch.device, quick: bool, repeats: int) -> list[str
                     model.model(images)
 
             seconds = time_calls(run, device, repeats)
-            rows.append(f"| {precision} | {batch} | {batch / seconds:.1f} | {1000 * seconds / batch:.2f} | "
-                        f"{peak_memory_gb(device):.2f} |")
+            rows.append(
+                f"| {precision} | {batch} | {batch / seconds:.1f} | {1000 * seconds / batch:.2f} | "
+                f"{peak_memory_gb(device):.2f} |"
+            )
     return rows
 
 
@@ -123,11 +125,11 @@ def training_table(device: torch.device, quick: bool, repeats: int) -> list[str]
 
 
 def mtd_training(device: torch.device, quick: bool, steps: int) -> list[str]:
-    from anomalib.engine import Engine  # noqa: PLC0415
-    from lightning.pytorch import seed_everything  # noqa: PLC0415
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
 
-    from anomalib_unias import UniAS  # noqa: PLC0415
-    from anomalib_unias.data import UniASDemo, UnifiedFolder  # noqa: PLC0415
+    from anomalib_unias import UniAS
+    from anomalib_unias.data import UniASDemo, UnifiedFolder
 
     seed_everything(133)
     if MTD.is_dir() and not quick:
@@ -136,21 +138,37 @@ def mtd_training(device: torch.device, quick: bool, steps: int) -> list[str]:
         name = "MTD"
     else:
         datamodule = UniASDemo(root=REPO / "datasets" / "unias_demo", train_batch_size=8, num_workers=0)
-        model = UniAS(backbone="tf_efficientnet_lite0", input_size=(64, 64), pixel_dim=32, hidden_dim=32, ffn_dim=64,
-                      num_encoder_layers=1, neighbour_size=3)
+        model = UniAS(
+            backbone="tf_efficientnet_lite0",
+            input_size=(64, 64),
+            pixel_dim=32,
+            hidden_dim=32,
+            ffn_dim=64,
+            num_encoder_layers=1,
+            neighbour_size=3,
+        )
         name = "demo (MTD not found or --quick)"
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    engine = Engine(max_steps=steps, accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
-                    default_root_dir=REPO / "results" / "gpu_check", check_val_every_n_epoch=10**6)
+    engine = Engine(
+        max_steps=steps,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=REPO / "results" / "gpu_check",
+        check_val_every_n_epoch=10**6,
+    )
     start = time.perf_counter()
     engine.fit(model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     results = engine.test(model, datamodule=datamodule, verbose=False)[0]
+    metrics = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC")
+    values = " | ".join(f"{100 * results[f'{metric}/mean']:.2f}" for metric in metrics)
     return [
-        "| data | steps | fit (s) | pAP | DSC | F1max-Dice | image AUROC |", "|---|---|---|---|---|---|---|",
-        f"| {name} | {steps} | {fit_seconds:.0f} | {100 * results['pixel_AP/mean']:.2f} | {100 * results['DSC/mean']:.2f} "
-        f"| {100 * results['F1max_Dice/mean']:.2f} | {100 * results['image_AUROC/mean']:.2f} |",
-    ]  # fmt: skip
+        "| data | steps | fit (s) | pAP | DSC | F1max-Dice | image AUROC |",
+        "|---|---|---|---|---|---|---|",
+        f"| {name} | {steps} | {fit_seconds:.0f} | {values} |",
+    ]
 
 
 def ddp_smoke() -> list[str]:
@@ -163,12 +181,15 @@ def ddp_smoke() -> list[str]:
         "--trainer.enable_progress_bar", "false", "--default_root_dir", str(REPO / "results" / "gpu_check_ddp"),
     ]  # fmt: skip
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)  # noqa: S603
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
     status = "ok" if result.returncode == 0 and "| mean |" in result.stdout else f"FAILED (exit {result.returncode})"
     if status != "ok":
         print(result.stdout[-2000:], result.stderr[-3000:])
-    return ["| check | result | seconds |", "|---|---|---|", f"| 2-GPU DDP train + test | {status} | "
-            f"{time.perf_counter() - start:.0f} |"]
+    return [
+        "| check | result | seconds |",
+        "|---|---|---|",
+        f"| 2-GPU DDP train + test | {status} | {time.perf_counter() - start:.0f} |",
+    ]
 
 
 def main() -> None:
@@ -190,16 +211,25 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         if not args.skip_parity:
-            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_parity.py"], cwd=REPO,
-                                    env={**os.environ, "UNIAS_PARITY_DEVICE": "cuda"}, check=False)  # noqa: S603
-            sections += ["## Golden parity on CUDA (TF32 off)", "", "passed" if result.returncode == 0 else "FAILED", ""]
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "tests/test_parity.py"],
+                cwd=REPO,
+                env={**os.environ, "UNIAS_PARITY_DEVICE": "cuda"},
+                check=False,
+            )
+            sections += [
+                "## Golden parity on CUDA (TF32 off)",
+                "",
+                "passed" if result.returncode == 0 else "FAILED",
+                "",
+            ]
     for title, rows in (
         ("Inference (eval forward, random weights)", inference_table(device, args.quick, args.repeats)),
         ("Training step (forward, backward, clip, AdamW)", training_table(device, args.quick, args.repeats)),
         ("Short training and test", mtd_training(device, args.quick, args.mtd_steps if not args.quick else 4)),
     ):
         sections += [f"## {title}", "", *rows, ""]
-        print("\n".join(sections[-len(rows) - 3:]), flush=True)
+        print("\n".join(sections[-len(rows) - 3 :]), flush=True)
     if device.type == "cuda" and torch.cuda.device_count() >= 2:
         sections += ["## DDP", "", *ddp_smoke(), ""]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

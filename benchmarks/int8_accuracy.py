@@ -76,7 +76,7 @@ def openvino_predictor(path: Path, threads: int) -> Predictor:
 
 
 def evaluate(predict: Predictor, dataset: object, indices: list[int], masks: list[torch.Tensor]) -> dict:
-    """pAP and DSC (per-category macro means) and the maps/labels of ``predict`` on the test images."""
+    """PAP and DSC (per-category macro means) and the maps/labels of ``predict`` on the test images."""
     metrics = {
         "pAP": PerCategory(AUPR(fields=["anomaly_map", "gt_mask"], normalization=None), name="pAP"),
         "DSC": PerCategory(PaperDice(), name="DSC"),

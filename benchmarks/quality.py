@@ -28,6 +28,7 @@ inverts through a Cholesky factorisation in chunks, the same maths.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -88,10 +89,15 @@ def greedy_coreset(features: torch.Tensor, size: int, generator: torch.Generator
     return torch.tensor(selected)
 
 
-def patchcore(input_size: tuple[int, int], layers: Sequence[str], coreset_ratio: float, seed: int, **common: Any):  # noqa: ANN201
-    """anomalib's ``Patchcore`` on Lite0 whose coreset comes from :func:`greedy_coreset`."""
-    model = Patchcore(backbone="tf_efficientnet_lite0", layers=list(layers), coreset_sampling_ratio=coreset_ratio,
-                      num_neighbors=9, **common)
+def patchcore(layers: Sequence[str], coreset_ratio: float, seed: int, **common: Any) -> Patchcore:
+    """Anomalib's ``Patchcore`` on Lite0 whose coreset comes from :func:`greedy_coreset`."""
+    model = Patchcore(
+        backbone="tf_efficientnet_lite0",
+        layers=list(layers),
+        coreset_sampling_ratio=coreset_ratio,
+        num_neighbors=9,
+        **common,
+    )
     torch_model = model.model
     generator = torch.Generator().manual_seed(seed)
 
@@ -102,8 +108,8 @@ def patchcore(input_size: tuple[int, int], layers: Sequence[str], coreset_ratio:
         size = max(1, int(bank.shape[0] * sampling_ratio))
         start = time.perf_counter()
         torch_model.memory_bank = bank[greedy_coreset(bank, size, generator)]
-        print(f"coreset: {size} of {bank.shape[0]} patches ({bank.shape[1]} features) in {time.perf_counter() - start:.0f} s",
-              flush=True)
+        seconds = time.perf_counter() - start
+        print(f"coreset: {size} of {bank.shape[0]} patches ({bank.shape[1]} features) in {seconds:.0f} s", flush=True)
 
     torch_model.subsample_embedding = subsample_embedding
     return model
@@ -115,7 +121,7 @@ def stable_inverse(covariance: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 
 def padim(layers: Sequence[str], **common: Any):  # noqa: ANN201
-    """anomalib's ``Padim`` on Lite0 (all features) with the covariance inverse of :func:`stable_inverse`."""
+    """Anomalib's ``Padim`` on Lite0 (all features) with the covariance inverse of :func:`stable_inverse`."""
     channels = timm.create_model("tf_efficientnet_lite0", features_only=True, pretrained=False).feature_info
     all_features = sum(info["num_chs"] for info in channels.get_dicts() if info["module"] in layers)
     model = Padim(backbone="tf_efficientnet_lite0", layers=list(layers), n_features=all_features, **common)
@@ -149,10 +155,12 @@ class LearningCurve(Callback):
         self._start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        """Start the epoch's clock."""
         del trainer, pl_module
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        """Stop the clock; at a curve epoch, score the test set."""
         self.train_seconds += time.perf_counter() - self._start
         epoch = trainer.current_epoch + 1
         loss = float(trainer.callback_metrics.get("train_loss_epoch", float("nan")))
@@ -162,8 +170,12 @@ class LearningCurve(Callback):
         start = time.perf_counter()
         values = evaluate(pl_module, self.datamodule, unias_evaluator(per_category=False))
         self.rows.append({"epoch": epoch, "train_seconds": round(self.train_seconds, 1), "train_loss": loss, **values})
-        print(f"  test at epoch {epoch}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
-              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"  test at epoch {epoch}: "
+            + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
+            + f" ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         pl_module.train()
         pl_module.model.backbone.eval()
 
@@ -175,11 +187,10 @@ def evaluate(model, datamodule, evaluator) -> dict[str, float]:  # noqa: ANN001
     for metric in evaluator.test_metrics:
         metric.reset()
     for batch in datamodule.test_dataloader():
-        image = model.pre_processor.transform(batch.image)
-        predictions = model.model(image)
-        batch = batch.update(anomaly_map=predictions.anomaly_map.squeeze(1), pred_score=predictions.pred_score)
+        predictions = model.model(model.pre_processor.transform(batch.image))
+        scored = batch.update(anomaly_map=predictions.anomaly_map.squeeze(1), pred_score=predictions.pred_score)
         for metric in evaluator.test_metrics:
-            metric.update(batch)
+            metric.update(scored)
     return {metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in METRICS}
 
 
@@ -190,10 +201,8 @@ def load_recipe(recipe: Path, overrides: Sequence[str], max_epochs: int | None) 
     for override in overrides:
         key, _, text = override.partition("=")
         value = yaml.safe_load(text)
-        try:  # YAML 1.1 reads "5e-4" (no dot) as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "5e-4" (no dot) as a string
             value = float(value) if isinstance(value, str) else value
-        except ValueError:
-            pass
         model_args[key] = value
     data_args = config.get("data", {}).get("init_args", {})
     return {
@@ -218,8 +227,11 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     common = {
-        "pre_processor": PreProcessor(transform=Compose([Resize(input_size, antialias=False),
-                                                         Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])),
+        "pre_processor": PreProcessor(
+            transform=Compose(
+                [Resize(input_size, antialias=args.antialias), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
+            )
+        ),
         "post_processor": UniASPostProcessor(),
         "evaluator": unias_evaluator(),
         "visualizer": False,
@@ -230,19 +242,31 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         epochs = recipe["max_epochs"]
         points = sorted({max(1, round(epochs * k / args.curve_points)) for k in range(1, args.curve_points + 1)})
         curve = LearningCurve(datamodule, set(points))
-        settings = {"recipe": Path(args.recipe).name, **recipe["model"], "max_epochs": epochs,
-                    "train_batch_size": recipe["train_batch_size"]}
+        settings = {
+            "recipe": Path(args.recipe).name,
+            **recipe["model"],
+            "max_epochs": epochs,
+            "train_batch_size": recipe["train_batch_size"],
+        }
     else:
         install_bundled_weights(["lite0"])  # anomalib's timm extractor reads the Hugging Face cache
         epochs = 1
         if name == "patchcore":
-            settings = {"backbone": "tf_efficientnet_lite0", "layers": args.patchcore_layers,
-                        "coreset_ratio": args.coreset_ratio, "num_neighbors": 9,
-                        "coreset": "greedy_coreset (raw features, squared L2)"}
-            model = patchcore(input_size, args.patchcore_layers, args.coreset_ratio, args.seed, **common)
+            settings = {
+                "backbone": "tf_efficientnet_lite0",
+                "layers": args.patchcore_layers,
+                "coreset_ratio": args.coreset_ratio,
+                "num_neighbors": 9,
+                "coreset": "greedy_coreset (raw features, squared L2)",
+            }
+            model = patchcore(args.patchcore_layers, args.coreset_ratio, args.seed, **common)
         else:
-            settings = {"backbone": "tf_efficientnet_lite0", "layers": args.padim_layers, "n_features": "all",
-                        "inverse": "Cholesky, chunked"}
+            settings = {
+                "backbone": "tf_efficientnet_lite0",
+                "layers": args.padim_layers,
+                "n_features": "all",
+                "inverse": "Cholesky, chunked",
+            }
             model = padim(args.padim_layers, **common)
     collector = MapCollector()
     engine = Engine(
@@ -273,8 +297,12 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "input_size": list(input_size),
         "settings": settings,
     }
-    (output / f"{name}.json").write_text(json.dumps(
-        {"summary": summary, "curve": curve.rows if curve else [], "per_defect": collector.per_defect_ap()}, indent=1))
+    (output / f"{name}.json").write_text(
+        json.dumps(
+            {"summary": summary, "curve": curve.rows if curve else [], "per_defect": collector.per_defect_ap()},
+            indent=1,
+        )
+    )
     collector.save_panel_maps(output / f"{name}_maps.npz")
     print(json.dumps(summary), flush=True)
 
@@ -287,7 +315,7 @@ class MapCollector(Callback):
         self.masks: list[np.ndarray] = []
         self.paths: list[str] = []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, PLR0913
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
         """Store the batch's maps and masks as (H, W) arrays."""
         del trainer, pl_module, batch, batch_idx, dataloader_idx
         size = outputs.anomaly_map.shape[-2:]
@@ -295,11 +323,13 @@ class MapCollector(Callback):
         self.masks.extend(outputs.gt_mask.bool().reshape(-1, *size).numpy())
         self.paths.extend(str(path) for path in outputs.image_path)
 
-    def defect_of(self, path: str) -> str:
+    @staticmethod
+    def defect_of(path: str) -> str:
+        """The defect type (folder name) of a test image."""
         return Path(path).parent.name
 
     def per_defect_ap(self) -> dict[str, float]:
-        """pAP per defect type over that type's test images plus every good test image."""
+        """PAP per defect type over that type's test images plus every good test image."""
         defects = sorted({self.defect_of(path) for path in self.paths} - {"good"})
         good = [i for i, path in enumerate(self.paths) if self.defect_of(path) == "good"]
         values = {}
@@ -313,8 +343,12 @@ class MapCollector(Callback):
     def save_panel_maps(self, path: Path) -> None:
         """Save the maps of the first ``PANEL_IMAGES_PER_DEFECT`` images (sorted by path) of every defect type."""
         chosen = panel_selection(self.paths)
-        np.savez_compressed(path, paths=np.array([self.paths[i] for i in chosen]),
-                            maps=np.stack([self.maps[i] for i in chosen]), masks=np.stack([self.masks[i] for i in chosen]))
+        np.savez_compressed(
+            path,
+            paths=np.array([self.paths[i] for i in chosen]),
+            maps=np.stack([self.maps[i] for i in chosen]),
+            masks=np.stack([self.masks[i] for i in chosen]),
+        )
 
 
 def panel_selection(paths: Sequence[str]) -> list[int]:
@@ -335,27 +369,47 @@ LABELS = {"unias": "UniAS", "patchcore": "PatchCore", "padim": "PaDiM"}
 
 def write_report(output: Path, names: Sequence[str]) -> str:
     """Collect the jobs' JSON files into the markdown/CSV tables and the two PNGs; return the markdown."""
-    jobs = {name: json.loads((output / f"{name}.json").read_text()) for name in names if (output / f"{name}.json").exists()}
+    jobs = {
+        name: json.loads((output / f"{name}.json").read_text()) for name in names if (output / f"{name}.json").exists()
+    }
     header = ["model", *METRICS, "train_s", "test_s", "peak_rss_gb", "input_size", "settings"]
     csv_rows = [",".join(header)]
-    lines = ["| model | pAP | DSC | F1max-Dice | image AUROC | pixel AUROC | AUPRO | fit (s) | test (s) | peak RSS (GB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | pAP | DSC | F1max-Dice | image AUROC | pixel AUROC | AUPRO | fit (s) | test (s) | peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, job in jobs.items():
         summary = job["summary"]
         values = [f"{100 * summary[m]:.2f}" for m in METRICS]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(values)
-                     + f" | {summary['train_seconds']:.0f} | {summary['test_seconds']:.0f} | {summary['peak_rss_gb']:.2f} |")
+        lines.append(
+            f"| {LABELS[name]} | "
+            + " | ".join(values)
+            + f" | {summary['train_seconds']:.0f} | {summary['test_seconds']:.0f} | {summary['peak_rss_gb']:.2f} |"
+        )
         settings = "; ".join(f"{k}={v}" for k, v in summary["settings"].items()).replace(",", " ")
-        csv_rows.append(",".join([LABELS[name], *values, str(summary["train_seconds"]), str(summary["test_seconds"]),
-                                  str(summary["peak_rss_gb"]), "x".join(map(str, summary["input_size"])), settings]))
+        csv_rows.append(
+            ",".join(
+                [
+                    LABELS[name],
+                    *values,
+                    str(summary["train_seconds"]),
+                    str(summary["test_seconds"]),
+                    str(summary["peak_rss_gb"]),
+                    "x".join(map(str, summary["input_size"])),
+                    settings,
+                ]
+            )
+        )
     lines.append("")
     for name, job in jobs.items():
         settings = ", ".join(f"{k}={v}" for k, v in job["summary"]["settings"].items())
         lines.append(f"- {LABELS[name]}: {settings}")
     test_images = {job["summary"]["test_images"] for job in jobs.values()}
-    lines.append(f"- test images: {', '.join(map(str, test_images))}; input size "
-                 f"{'x'.join(map(str, next(iter(jobs.values()))['summary']['input_size']))}; CPU: {cpu_name()}, "
-                 f"{os.cpu_count()} cores")
+    lines.append(
+        f"- test images: {', '.join(map(str, test_images))}; input size "
+        f"{'x'.join(map(str, next(iter(jobs.values()))['summary']['input_size']))}; CPU: {cpu_name()}, "
+        f"{os.cpu_count()} cores"
+    )
     (output / "quality.csv").write_text("\n".join(csv_rows) + "\n")
 
     defects = sorted({d for job in jobs.values() for d in job["per_defect"]})
@@ -366,8 +420,9 @@ def write_report(output: Path, names: Sequence[str]) -> str:
         per_defect.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
         per_defect_csv.append(",".join([LABELS[name], *cells]))
     (output / "per_defect.csv").write_text("\n".join(per_defect_csv) + "\n")
-    (output / "per_defect.md").write_text("pAP (%) per defect type: that type's test images plus all good test "
-                                          "images.\n\n" + "\n".join(per_defect) + "\n")
+    (output / "per_defect.md").write_text(
+        "pAP (%) per defect type: that type's test images plus all good test images.\n\n" + "\n".join(per_defect) + "\n"
+    )
     markdown = "\n".join(lines) + "\n"
     (output / "quality.md").write_text(markdown)
     if "unias" in jobs:
@@ -385,26 +440,38 @@ def cpu_name() -> str:
 
 def plot_learning_curve(output: Path, jobs: dict[str, dict]) -> None:
     """UniAS test pAP against training minutes (and epochs), baselines as horizontal lines."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     curve = jobs["unias"]["curve"]
     (output / "learning_curve.csv").write_text(
-        "epoch,train_seconds,train_loss," + ",".join(METRICS[:3]) + "\n"
-        + "".join(f"{r['epoch']},{r['train_seconds']},{r['train_loss']:.5f},"
-                  + ",".join(f"{100 * r.get(m, float('nan')):.2f}" for m in METRICS[:3]) + "\n" for r in curve))
+        "epoch,train_seconds,train_loss,"
+        + ",".join(METRICS[:3])
+        + "\n"
+        + "".join(
+            f"{r['epoch']},{r['train_seconds']},{r['train_loss']:.5f},"
+            + ",".join(f"{100 * r.get(m, float('nan')):.2f}" for m in METRICS[:3])
+            + "\n"
+            for r in curve
+        )
+    )
     figure, axis = plt.subplots(figsize=(7, 4.2))
     minutes = [r["train_seconds"] / 60 for r in curve]
     axis.plot(minutes, [100 * r["pixel_AP"] for r in curve], "o-", color="tab:red", label="UniAS (test pAP)")
     for epoch, x, r in zip([r["epoch"] for r in curve], minutes, curve, strict=True):
-        axis.annotate(f"ep {epoch}", (x, 100 * r["pixel_AP"]), textcoords="offset points", xytext=(0, 6),
-                      fontsize=7, ha="center")
+        axis.annotate(
+            f"ep {epoch}", (x, 100 * r["pixel_AP"]), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center"
+        )
     for name, color in (("patchcore", "tab:blue"), ("padim", "tab:green")):
         if name in jobs:
-            axis.axhline(100 * jobs[name]["summary"]["pixel_AP"], color=color, linestyle="--",
-                         label=f"{LABELS[name]} (fit {jobs[name]['summary']['train_seconds'] / 60:.0f} min)")
+            axis.axhline(
+                100 * jobs[name]["summary"]["pixel_AP"],
+                color=color,
+                linestyle="--",
+                label=f"{LABELS[name]} (fit {jobs[name]['summary']['train_seconds'] / 60:.0f} min)",
+            )
     axis.set_xlabel("UniAS training wall time (min, 2 CPU cores)")
     axis.set_ylabel("pixel AP (%)")
     axis.set_title("Test pAP during training")
@@ -419,11 +486,11 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
     """Image, ground truth and each model's map for the panel images (two per defect type)."""
     if not names:
         return
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from PIL import Image
 
     data = {name: np.load(output / f"{name}_maps.npz") for name in names}
     paths = [str(p) for p in data[names[0]]["paths"]]
@@ -432,7 +499,10 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
     for row, path in enumerate(paths):
         mask = data[names[0]]["masks"][row]
         image = Image.open(path).convert("RGB").resize(mask.shape[::-1])
-        panels = [(np.asarray(image), f"{Path(path).parent.name}/{Path(path).name}", None), (mask, "ground truth", "gray")]
+        panels = [
+            (np.asarray(image), f"{Path(path).parent.name}/{Path(path).name}", None),
+            (mask, "ground truth", "gray"),
+        ]
         panels += [(data[name]["maps"][row], LABELS[name], "jet") for name in names]
         for column, (picture, title, cmap) in enumerate(panels):
             axis = axes[row, column]
@@ -456,6 +526,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--patchcore-layers", nargs="+", default=["blocks.2", "blocks.4"])
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--padim-layers", nargs="+", default=["blocks.1", "blocks.2", "blocks.4"])
+    parser.add_argument(
+        "--antialias",
+        action="store_true",
+        help="antialiased resize for every model (training and test; exported graphs never antialias)",
+    )
     parser.add_argument("--seed", type=int, default=133)
     parser.add_argument("--job", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -464,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.job:
         run_job(args.job, args)
         return
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     for name in args.models:
         print(f"=== {LABELS[name]} ===", flush=True)
         result = subprocess.run([sys.executable, __file__, *forwarded, "--job", name], check=False)

@@ -17,7 +17,9 @@ def run_process(
 ) -> subprocess.CompletedProcess:
     """Run ``args`` offline (``HF_HUB_OFFLINE=1`` set before the interpreter starts), with ``tests`` importable."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

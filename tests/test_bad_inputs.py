@@ -37,7 +37,9 @@ def write_mvtec_root(root: Path, size: int = 48, train: int = 4, good: int = 2, 
         (category / folder).mkdir(parents=True, exist_ok=True)
     for split, count in (("train/good", train), ("test/good", good), ("test/scratch", defects)):
         for index in range(count):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(category / split / f"{index:03d}.png")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                category / split / f"{index:03d}.png"
+            )
     for index in range(defects):
         mask = np.zeros((size, size), dtype=np.uint8)
         mask[10:20, 10:20] = 255
@@ -53,8 +55,9 @@ def test_all_bad_files_are_listed_in_one_error_before_any_training_step(tmp_path
     (root / "widget/train/good/002.png").write_bytes(b"")  # empty train image
     datamodule = UnifiedFolder(root, train_batch_size=2, eval_batch_size=2, num_workers=0)
     model = UniAS(**TINY_UNIAS)
-    engine = Engine(max_epochs=1, accelerator="cpu", logger=False, default_root_dir=tmp_path / "results",
-                    enable_progress_bar=False)
+    engine = Engine(
+        max_epochs=1, accelerator="cpu", logger=False, default_root_dir=tmp_path / "results", enable_progress_bar=False
+    )
     with pytest.raises(DataCheckError) as error:
         engine.fit(model, datamodule=datamodule)
     message = str(error.value)
@@ -142,7 +145,9 @@ def test_rgb_and_jpeg_masks(tmp_path: Path) -> None:
     assert abs(int(mask.sum()) - 16 * 16) < 40
 
 
-def test_binarised_masks_are_reported_once_and_empty_masks_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_binarised_masks_are_reported_once_and_empty_masks_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = write_mvtec_root(tmp_path / "data")
     noisy = np.zeros((48, 48), dtype=np.uint8)
     noisy[:, :10] = 2
@@ -165,7 +170,9 @@ def test_mask_of_another_size_is_an_error_unless_resizing_is_asked_for(tmp_path:
         UnifiedFolder(root, num_workers=0).setup()
     datamodule = UnifiedFolder(root, num_workers=0, resize_masks=True)
     datamodule.setup()
-    sample = datamodule.test_data[[i for i, p in enumerate(datamodule.test_data.samples.mask_path) if "000_mask" in p][0]]
+    sample = datamodule.test_data[
+        next(i for i, p in enumerate(datamodule.test_data.samples.mask_path) if "000_mask" in p)
+    ]
     assert sample.gt_mask.shape == (48, 48)
     assert bool(sample.gt_mask.all())
 
@@ -187,8 +194,9 @@ def test_a_category_without_defects_is_not_applicable_not_zero() -> None:
     assert list(values) == ["mixed"]
     assert float(metric.compute()) == pytest.approx(float(values["mixed"]))
     table = format_category_table({"DSC/mixed": values["mixed"], "DSC/mean": metric.compute()} | {})
-    table_with_gap = format_category_table({"DSC/mixed": 0.5, "DSC/mean": 0.5, "pixel_AP/good_only": 0.1,
-                                            "pixel_AP/mean": 0.1})
+    table_with_gap = format_category_table(
+        {"DSC/mixed": 0.5, "DSC/mean": 0.5, "pixel_AP/good_only": 0.1, "pixel_AP/mean": 0.1}
+    )
     assert "| mixed |" in table
     assert "| mixed | 50.00 | n/a |" in table_with_gap
     assert NOT_COMPUTABLE_NOTE in table_with_gap
@@ -237,7 +245,7 @@ def test_arguments_that_cannot_run_are_refused_by_name(override: dict, named: st
 
 
 def test_unknown_backbone_names_suggest_timm_names() -> None:
-    with pytest.raises(ValueError, match="timm has no model of that name.*tf_efficientnet_lite0"):
+    with pytest.raises(ValueError, match=r"timm has no model of that name.*tf_efficientnet_lite0"):
         UniAS(**{**TINY_UNIAS, "backbone": "tf_efficientnet_lite00"})
 
 

@@ -21,7 +21,9 @@ DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=c
 
 
 def common_args(demo_root: Path, results: Path) -> list[str]:
-    model_args = [f"--model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in TINY_UNIAS.items()]
+    model_args = [
+        f"--model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in TINY_UNIAS.items()
+    ]
     return [
         "--model", "UniAS", *model_args, "--data", "UniASDemo", f"--data.root={demo_root}",
         "--data.train_batch_size=4", "--data.eval_batch_size=5", "--data.num_workers=0",
@@ -49,7 +51,9 @@ def ddp_checkpoint(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return checkpoint
 
 
-def test_two_process_test_equals_one_process(ddp_checkpoint: Path, demo_root: Path, tmp_path: Path, run: Runner) -> None:
+def test_two_process_test_equals_one_process(
+    ddp_checkpoint: Path, demo_root: Path, tmp_path: Path, run: Runner
+) -> None:
     values = {}
     for name, extra in (("single", ["--trainer.devices=1", "--trainer.accelerator=cpu"]), ("ddp", DDP)):
         output = tmp_path / f"{name}.json"

@@ -100,7 +100,7 @@ def cli_int8(work: Path, demo: UniASDemo, checkpoint: Path) -> Iterator[tuple[su
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env["HF_HUB_OFFLINE"] = "1"
     with log.open("w") as stream:
-        process = subprocess.Popen(command, cwd=work, env=env, stdout=stream, stderr=subprocess.STDOUT)  # noqa: S603
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=stream, stderr=subprocess.STDOUT)
     yield process, export_root / "weights" / "openvino" / "model.xml", log
     if process.poll() is None:
         process.kill()

@@ -287,7 +287,7 @@ def evaluate_post_processed(post_processor, maps, masks):
     for start in range(0, maps.shape[0], 6):
         batch = make_batch(maps[start : start + 6], masks[start : start + 6])
         post_processor.on_test_batch_end(None, None, batch)
-        assert 0 <= batch.anomaly_map.min() and batch.anomaly_map.max() <= 1
+        assert batch.anomaly_map.min() >= 0 and batch.anomaly_map.max() <= 1
         for metric in metrics.values():
             metric.update(batch)
     return {name: metric.compute().item() for name, metric in metrics.items()}

@@ -53,7 +53,7 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
 
     captured: dict[str, torch.Tensor] = {}
 
-    def keep(name: str, convert=lambda t: t):  # noqa: ANN001, ANN202
+    def keep(name: str, convert=lambda t: t):
         return lambda _module, _inputs, output: captured.__setitem__(name, convert(output))
 
     decoder = head.decoder
@@ -115,12 +115,12 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
     return {name: value.detach().cpu() for name, value in ours.items()}, reference, digest
 
 
-def test_formula_weights_match_fixture_checksum(parity_run) -> None:  # noqa: ANN001
+def test_formula_weights_match_fixture_checksum(parity_run) -> None:
     """The regenerated weights are the fixture's (SHA-256 over all 324 tensors)."""
     assert parity_run[2] == ALL_TENSORS_SHA256
 
 
-def test_every_stored_output_is_compared(parity_run) -> None:  # noqa: ANN001
+def test_every_stored_output_is_compared(parity_run) -> None:
     """No stored output array escapes the comparison."""
     ours, reference, _ = parity_run
     outputs = {k for k in reference if not k.startswith("input.")}
@@ -143,7 +143,7 @@ def test_every_stored_output_is_compared(parity_run) -> None:  # noqa: ANN001
         "loss.level_mse", "loss.level_cos_term_code", "loss.level_one_minus_cos",
     ],
 )  # fmt: skip
-def test_output_matches_reference(parity_run, name: str) -> None:  # noqa: ANN001
+def test_output_matches_reference(parity_run, name: str) -> None:
     """Each array within 2e-5 of its max |value| (10x the float32 spread the fixture measured)."""
     ours, reference, _ = parity_run
     expected = reference[name]
@@ -156,7 +156,7 @@ def test_output_matches_reference(parity_run, name: str) -> None:  # noqa: ANN00
 
 
 @pytest.mark.parametrize("name", ["loss.official_code", "loss.paper_sign"])
-def test_loss_matches_reference(parity_run, name: str) -> None:  # noqa: ANN001
+def test_loss_matches_reference(parity_run, name: str) -> None:
     """Both loss conventions within relative 1e-6."""
     ours, reference, _ = parity_run
     rel = ((ours[name] - reference[name]).abs() / reference[name].abs()).item()

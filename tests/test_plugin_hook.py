@@ -2,7 +2,8 @@
 
 The interpreter's site-packages holds the hook's ``.pth`` file (installed with this package); a folder
 first on ``PYTHONPATH`` holds this repository's hook module and a throwaway plugin distribution
-(``toy-anomalib-plugin``: a model, a data module, a broken entry point and one that is not a model).  The plugin is not this
+(``toy-anomalib-plugin``: a model, a data module, a broken entry point and one that is not a model).
+The plugin is not this
 project, which proves the hook serves any plugin and that UniAS needs nothing special.  Each scenario
 runs in its own interpreter, all of them concurrently (importing anomalib takes ~10-15 s here).
 """

@@ -20,7 +20,9 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 
 def train_command(demo_root: Path, results: Path, *extra: str) -> list[str]:
-    model_args = [f"--model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in TINY_UNIAS.items()]
+    model_args = [
+        f"--model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in TINY_UNIAS.items()
+    ]
     return [
         "anomalib", "train", "--model", "UniAS", *model_args, "--seed_everything", "7",
         "--data", "UniASDemo", f"--data.root={demo_root}", "--data.train_batch_size=8", "--data.eval_batch_size=8",
@@ -56,16 +58,18 @@ def uninterrupted(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return results, table(result.stdout)
 
 
-def test_same_seed_same_metrics_and_weights(uninterrupted: tuple[Path, list[str]], demo_root: Path, tmp_path: Path,
-                                            run: Runner) -> None:
+def test_same_seed_same_metrics_and_weights(
+    uninterrupted: tuple[Path, list[str]], demo_root: Path, tmp_path: Path, run: Runner
+) -> None:
     first_results, first_table = uninterrupted
     result = run(train_command(demo_root, tmp_path), cwd=tmp_path)
     assert table(result.stdout) == first_table
     assert_same_tensors(weights(first_results), weights(tmp_path))
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted: tuple[Path, list[str]], demo_root: Path,
-                                                        tmp_path: Path, run: Runner) -> None:
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    uninterrupted: tuple[Path, list[str]], demo_root: Path, tmp_path: Path, run: Runner
+) -> None:
     """SIGKILL in the third epoch, resume from ``last.ckpt``: same weights and printed metrics as no kill."""
     killed = run(
         train_command(demo_root, tmp_path, "--trainer.callbacks+=tests.callbacks.KillDuringEpoch",

@@ -115,7 +115,7 @@ def test_size_not_multiple_of_16_is_refused() -> None:
 
 def test_grid_leaving_a_query_without_keys_is_refused() -> None:
     """64 px gives a 4x4 grid: a 7x7 neighbourhood blocks every key of the central queries."""
-    with pytest.raises(ValueError, match="no key outside its neighbourhood.*neighbour_size of at most 3"):
+    with pytest.raises(ValueError, match=r"no key outside its neighbourhood.*neighbour_size of at most 3"):
         tiny_model((64, 64), neighbour_size=7)
 
 
@@ -143,7 +143,8 @@ def test_legacy_cos_sign_changes_only_the_loss_term() -> None:
         model.head.loss.legacy_cos_sign = True
         code, _ = model.head.loss(result.reconstructions, result.targets)
     cos_means = [
-        torch.nn.functional.cosine_similarity(r, t, dim=1).mean() for r, t in zip(result.reconstructions, result.targets)
+        torch.nn.functional.cosine_similarity(r, t, dim=1).mean()
+        for r, t in zip(result.reconstructions, result.targets, strict=True)
     ]
     expected_gap = 10 * sum(1 - 2 * c for c in cos_means)
     assert torch.allclose(paper - code, expected_gap, rtol=1e-4)

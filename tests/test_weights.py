@@ -75,7 +75,8 @@ def test_create_backbone_uses_bundled_lite_weights(name: str, channels: list[int
     assert backbone.channels == channels
     assert backbone.reductions == [2, 4, 8, 16]
     assert not any(p.requires_grad for p in backbone.parameters())
-    _assert_loaded(backbone.network, bundled_state_dict(name.split(".")[0].removeprefix("tf_efficientnet_")))
+    short = name.split(".", maxsplit=1)[0].removeprefix("tf_efficientnet_")
+    _assert_loaded(backbone.network, bundled_state_dict(short))
     # Two tensors checked against the raw lukemelas file, independently of the renaming code.
     raw = torch.load(bundled_weights_file(name), map_location="cpu", weights_only=True)
     state = backbone.network.state_dict()

@@ -7,7 +7,6 @@ each level receives, with probability ``jitter_prob``, the feature-jitter noise 
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812

@@ -1,5 +1,6 @@
-"""Multi-level hybrid decoder: coarse-to-fine query refinement and per-level reconstruction heads
-(UniAS paper Sec. 3.2-3.3, spec §4.1 and §4.6-4.7).
+"""Multi-level hybrid decoder: coarse-to-fine query refinement and per-level reconstruction heads.
+
+UniAS paper Sec. 3.2-3.3, spec §4.1 and §4.6-4.7.
 
 Each pixel-decoder level is patchified to the query grid (kernel = stride = 2^l), projected to the
 query width and tagged with a learned level embedding; it is the memory of decoder stage ``l``.  The
@@ -27,7 +28,9 @@ class ReconstructionHead(nn.Module):
     def __init__(self, dim: int, out_channels: int) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, out_channels, 3, padding=1)
+            nn.Conv2d(dim, dim, 3, padding=1),
+            nn.Conv2d(dim, dim, 3, padding=1),
+            nn.Conv2d(dim, out_channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Neighbour-masked spatial attention and the parallel channel attention (UniAS paper Sec. 3.2;
-spec §4.3-4.4).
+"""Neighbour-masked spatial attention and the parallel channel attention.
+
+UniAS paper Sec. 3.2; spec §4.3-4.4.
 
 All token tensors are batch-first, ``(B, L, d)``.  Attention runs through PyTorch's fused
 ``scaled_dot_product_attention``, which computes exactly the multi-head attention of
@@ -73,7 +74,7 @@ class MultiHeadAttention(nn.Module):
         value: torch.Tensor,
         blocked: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend ``query`` (B, Lq, d) to ``key``/``value`` (B, Lk, d); ``blocked`` (Lq, Lk) is True where not allowed."""
+        """Attend ``query`` (B, Lq, d) to ``key``/``value`` (B, Lk, d); ``blocked`` (Lq, Lk): True = not allowed."""
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q = self._heads(query, w_q, b_q)

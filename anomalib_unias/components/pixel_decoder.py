@@ -1,5 +1,6 @@
-"""FPN pixel decoder with a transformer encoder on the coarsest level (Mask2Former style; UniAS paper
-Sec. 3.2, spec §3).
+"""FPN pixel decoder with a transformer encoder on the coarsest level (Mask2Former style).
+
+UniAS paper Sec. 3.2, spec §3.
 
 Top-down from the stride-16 level: a 1x1 projection, a post-norm transformer encoder with sine
 positions, a 3x3 conv (no bias, no norm) + ReLU; then, for each finer level, a 1x1 lateral conv +

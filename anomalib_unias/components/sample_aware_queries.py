@@ -1,5 +1,6 @@
-"""Sample-aware query reweighting (UniAS paper Sec. 3.2, "sample-aware reweighting mechanism";
-spec §4.2).
+"""Sample-aware query reweighting (the paper's "sample-aware reweighting mechanism").
+
+UniAS paper Sec. 3.2; spec §4.2.
 
 Two learned query sets (``2 N`` embeddings for an ``N``-cell grid) are reweighted per image by CBAM-style
 channel and spatial attention taken from the coarsest pixel-decoder map, folded into a
@@ -41,7 +42,8 @@ class SampleAwareQueries(nn.Module):
 
     def channel_weights(self, projected: torch.Tensor) -> torch.Tensor:
         """CBAM channel attention of the projected map: (B, dim) in (0, 1)."""
-        return torch.sigmoid(self.channel_mlp(projected.mean(dim=(2, 3))) + self.channel_mlp(projected.amax(dim=(2, 3))))
+        average, maximum = projected.mean(dim=(2, 3)), projected.amax(dim=(2, 3))
+        return torch.sigmoid(self.channel_mlp(average) + self.channel_mlp(maximum))
 
     def spatial_weights(self, projected: torch.Tensor) -> torch.Tensor:
         """CBAM spatial attention of the projected map: (B, N) in (0, 1), row-major over the grid."""

@@ -37,8 +37,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image
-from torchvision.transforms.v2.functional import resize, to_dtype, to_image
-from torchvision.transforms.v2.functional import InterpolationMode
+from torchvision.transforms.v2.functional import InterpolationMode, resize, to_dtype, to_image
 from torchvision.tv_tensors import Image as ImageTensor
 from torchvision.tv_tensors import Mask
 
@@ -89,8 +88,10 @@ def _unit_range(array: np.ndarray, path: str | Path) -> np.ndarray:
             msg = f"{path}: {int((~np.isfinite(array)).sum())} NaN/Inf pixel values; replace them, or {IMAGE_FIX}"
             raise UnreadableFileError(msg)
         if array.size and (array.min() < 0 or array.max() > 1):
-            msg = (f"{path}: float pixels in [{array.min():.4g}, {array.max():.4g}], not in [0, 1]; scale them to "
-                   f"[0, 1], or {IMAGE_FIX}")
+            msg = (
+                f"{path}: float pixels in [{array.min():.4g}, {array.max():.4g}], not in [0, 1]; scale them to "
+                f"[0, 1], or {IMAGE_FIX}"
+            )
             raise UnreadableFileError(msg)
         return array.astype(np.float32)
     msg = f"{path}: unsupported pixel type {array.dtype}; {IMAGE_FIX}"
@@ -130,7 +131,7 @@ def read_image(path: str | Path) -> ImageTensor:
     path = Path(path)
     try:
         raw = _raw_array(path)
-    except Exception as error:  # noqa: BLE001 (any decoder failure: report the file)
+    except Exception as error:
         msg = f"{path}: cannot be read ({type(error).__name__}: {error}); {IMAGE_FIX}"
         raise UnreadableFileError(msg) from error
     if isinstance(raw, Image.Image):
@@ -142,7 +143,9 @@ def read_image(path: str | Path) -> ImageTensor:
     return ImageTensor(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
 
 
-def read_mask(path: str | Path, size: tuple[int, int] | None = None, resize_masks: bool = False) -> tuple[Mask, MaskNote | None]:
+def read_mask(
+    path: str | Path, size: tuple[int, int] | None = None, resize_masks: bool = False
+) -> tuple[Mask, MaskNote | None]:
     """Read a ground-truth mask as a binary ``(H, W)`` uint8 mask by :data:`MASK_RULE`.
 
     Args:
@@ -159,8 +162,11 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None, resize_mask
     path = Path(path)
     try:
         raw = _raw_array(path)
-    except Exception as error:  # noqa: BLE001
-        msg = f"{path}: mask cannot be read ({type(error).__name__}: {error}); re-save it as a PNG with 0 = normal, 255 = defect"
+    except Exception as error:
+        msg = (
+            f"{path}: mask cannot be read ({type(error).__name__}: {error}); "
+            "re-save it as a PNG with 0 = normal, 255 = defect"
+        )
         raise UnreadableFileError(msg) from error
     if isinstance(raw, Image.Image):
         raw = raw.convert("RGB") if raw.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV") else raw
@@ -174,8 +180,11 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None, resize_mask
     if array.ndim != 2:
         msg = f"{path}: mask array of shape {array.shape} is not a 2-D mask; re-save it as a single-channel PNG"
         raise UnreadableFileError(msg)
-    full = 1.0 if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_ else (
-        255 if array.dtype == np.uint8 else 65535)
+    full = (
+        1.0
+        if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
+        else (255 if array.dtype == np.uint8 else 65535)
+    )
     values = np.unique(array)
     note = None
     if set(values.tolist()) <= {0, full} or set(values.tolist()) <= {0, 1}:
@@ -186,9 +195,11 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None, resize_mask
     mask = Mask(torch.from_numpy(binary.astype(np.uint8)))
     if size is not None and tuple(mask.shape) != tuple(size):
         if not resize_masks:
-            msg = (f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (W x H) but its image is {size[1]}x{size[0]}; "
-                   "resize the mask to the image (nearest neighbour), or let the data module resize masks "
-                   "(resize_masks=True, --data.resize_masks true)")
+            msg = (
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (W x H) but its image is {size[1]}x{size[0]}; "
+                "resize the mask to the image (nearest neighbour), or let the data module resize masks "
+                "(resize_masks=True, --data.resize_masks true)"
+            )
             raise UnreadableFileError(msg)
         mask = Mask(resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0])
     return mask, note
@@ -223,7 +234,9 @@ def _check_row(image_path: str, mask_path: str, resize_masks: bool) -> DataRepor
     return report
 
 
-def check_samples(rows: Iterable[tuple[str, str]], resize_masks: bool = False, workers: int | None = None) -> DataReport:
+def check_samples(
+    rows: Iterable[tuple[str, str]], resize_masks: bool = False, workers: int | None = None
+) -> DataReport:
     """Decode every ``(image_path, mask_path)`` once; raise one error listing every unusable file.
 
     ``mask_path`` is ``""`` for normal images.  Binarised masks and defective images with an empty mask
@@ -251,9 +264,13 @@ def check_samples(rows: Iterable[tuple[str, str]], resize_masks: bool = False, w
             for note in report.mask_notes[:20]
         )
         more = f"\n  ... and {len(report.mask_notes) - 20} more" if len(report.mask_notes) > 20 else ""
-        logger.warning("%d masks are not binary and were binarised (%s):\n%s%s", len(report.mask_notes), MASK_RULE,
-                       listing, more)
+        logger.warning(
+            "%d masks are not binary and were binarised (%s):\n%s%s", len(report.mask_notes), MASK_RULE, listing, more
+        )
     if report.empty_masks:
-        logger.warning("%d defective test images have an empty mask (no defect pixel): %s", len(report.empty_masks),
-                       ", ".join(report.empty_masks[:10]) + (" ..." if len(report.empty_masks) > 10 else ""))
+        logger.warning(
+            "%d defective test images have an empty mask (no defect pixel): %s",
+            len(report.empty_masks),
+            ", ".join(report.empty_masks[:10]) + (" ..." if len(report.empty_masks) > 10 else ""),
+        )
     return report

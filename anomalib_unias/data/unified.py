@@ -290,19 +290,20 @@ class UnifiedFolder(AnomalibDataModule):
             raise FileNotFoundError(msg)
 
     def val_dataloader(self) -> DataLoader:
-        """anomalib's validation loader; multi-process runs see every sample once (no padding)."""
+        """Anomalib's validation loader; multi-process runs see every sample once (no padding)."""
         return _evaluation_loader(self.val_data, self.eval_batch_size, self.num_workers,
                                   self.external_collate_fn or self.val_data.collate_fn)
 
     def test_dataloader(self) -> DataLoader:
-        """anomalib's test loader; multi-process runs see every sample once (no padding)."""
+        """Anomalib's test loader; multi-process runs see every sample once (no padding)."""
         return _evaluation_loader(self.test_data, self.eval_batch_size, self.num_workers,
                                   self.external_collate_fn or self.test_data.collate_fn)
 
     def _setup(self, _stage: str | None = None) -> None:
         categories = self.categories
-        self.train_data = UnifiedDataset(self.data_root, categories, Split.TRAIN, self.extensions, resize_masks=self.resize_masks)
-        self.test_data = UnifiedDataset(self.data_root, categories, Split.TEST, self.extensions, resize_masks=self.resize_masks)
+        root, extensions, resize_masks = self.data_root, self.extensions, self.resize_masks
+        self.train_data = UnifiedDataset(root, categories, Split.TRAIN, extensions, resize_masks=resize_masks)
+        self.test_data = UnifiedDataset(root, categories, Split.TEST, extensions, resize_masks=resize_masks)
         if self.check_files:
             rows = [(row.image_path, row.mask_path) for data in (self.train_data, self.test_data)
                     for row in data.samples.itertuples()]

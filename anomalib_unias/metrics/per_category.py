@@ -29,7 +29,7 @@ from ..data.category import category_of
 UNCATEGORISED = "all"
 
 
-def _to_cpu(states: Any) -> Any:  # noqa: ANN401
+def _to_cpu(states: Any) -> Any:
     """Tensors (in nested dicts/lists) moved to CPU, for ``all_gather_object``."""
     if isinstance(states, torch.Tensor):
         return states.detach().cpu()
@@ -106,7 +106,7 @@ class _PerCategory(Metric):
         if self._gathered or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
         local = {
-            category: {attr: getattr(metric, attr) for attr in metric._reductions}  # noqa: SLF001
+            category: {attr: getattr(metric, attr) for attr in metric._reductions}
             for category, metric in zip(self.categories, self.per_category, strict=True)
         }
         gathered: list[Any] = [None] * dist.get_world_size()
@@ -115,7 +115,7 @@ class _PerCategory(Metric):
         self.categories, self.per_category, self.target_counts = [], nn.ModuleList(), {}
         for category in categories:
             metric = self._metric_for(category)
-            for attr, reduction in metric._reductions.items():  # noqa: SLF001
+            for attr, reduction in metric._reductions.items():
                 parts = [states[category][attr] for states, _ in gathered if category in states]
                 if isinstance(getattr(metric, attr), list):
                     merged: Any = [tensor.to(self.device) for part in parts for tensor in part]
@@ -123,8 +123,8 @@ class _PerCategory(Metric):
                     stacked = torch.stack([part.to(self.device) for part in parts])
                     merged = reduction(stacked) if reduction is not None else stacked
                 setattr(metric, attr, merged)
-            metric._to_sync = False  # noqa: SLF001 (already holds every process's samples)
-            metric._update_count = max(1, metric._update_count)  # noqa: SLF001
+            metric._to_sync = False
+            metric._update_count = max(1, metric._update_count)
             self.target_counts[category] = [
                 sum(counts[category][index] for _, counts in gathered if category in counts) for index in (0, 1)
             ]

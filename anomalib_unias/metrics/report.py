@@ -1,5 +1,7 @@
-"""Per-category result table, as the UniAS paper reports its results (spec §8): one row per category
-and the macro mean, one column per metric, values in percent."""
+"""Per-category result table, as the UniAS paper reports its results (spec §8).
+
+One row per category and the macro mean, one column per metric, values in percent.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-
 
 NOT_COMPUTABLE_NOTE = (
     "n/a: not computable for that category (its test images hold only one class: no defective image, or no "
