@@ -12,15 +12,17 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
     leaves the generators alone), before the model and the data are built;
   - ``anomalib test|predict|validate|export --model UniAS --ckpt_path X`` builds UniAS with the settings stored
     in X (backbone, input size, widths; no download), so any UniAS checkpoint can be tested.
-* :func:`test_final_model_after_resume` (``anomalib.engine.engine``): ``Engine.train(ckpt_path=X)`` (and
-  ``anomalib train --ckpt_path X``) resumed training from X and then *tested X* again, so the printed
-  metrics were those of the checkpoint resumed from.  The fix tests the model training ended with.
+* :func:`fix_engine` (``anomalib.engine.engine``): ``Engine.train(ckpt_path=X)`` (and ``anomalib train
+  --ckpt_path X``) resumed training from X and then *tested X* again, so the printed metrics were those
+  of the checkpoint resumed from: the fix tests the model training ended with.  ``Engine.export(model,
+  ckpt_path=X)`` rebuilt the model from X alone; for UniAS it keeps the given model's ``int8_variant``.
 
 ``ANOMALIB_PLUGINS_DISABLE=1`` turns the hook, and with it these fixes, off.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from pathlib import Path
@@ -51,14 +53,21 @@ def fix_cli(module: ModuleType) -> None:
     cli_class.before_instantiate_classes = before_instantiate_classes
 
 
+ARCHITECTURE_ARGUMENTS = (
+    "backbone", "input_size", "pixel_dim", "hidden_dim", "num_heads", "ffn_dim", "num_encoder_layers", "neighbour_size",
+)  # fmt: skip
+"""The UniAS arguments that shape the state dict: taken from the checkpoint; the rest stay the command line's."""
+
+
 def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
     """``anomalib test|predict|validate|export --model UniAS --ckpt_path X``: take the model's settings from X.
 
     anomalib builds the model from the command line (defaults for anything not given: B4 at 224 with
     paper widths, downloading ImageNet weights) and only then loads the checkpoint's tensors, which fail
     to fit any checkpoint trained with other settings.  A UniAS checkpoint stores every constructor
-    argument; they replace the command line's, with ``pre_trained=False`` (the backbone's weights are in
-    the checkpoint), as ``anomalib export`` already does through ``load_from_checkpoint``.
+    argument; those that shape the state dict (:data:`ARCHITECTURE_ARGUMENTS`) replace the command
+    line's, with ``pre_trained=False`` (the backbone's weights are in the checkpoint), as ``anomalib
+    export`` does through ``load_from_checkpoint``; others (e.g. ``int8_variant``) stay the command line's.
     """
     if subcommand not in ("test", "predict", "validate", "export"):
         return
@@ -66,8 +75,10 @@ def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
     if not ckpt_path or model is None or not _is_unias(model.get("class_path")):
         return
     init_args = model.get("init_args")
-    for key, value in read_hyper_parameters(ckpt_path).items():
-        if key in init_args:
+    stored = read_hyper_parameters(ckpt_path)
+    for key in ARCHITECTURE_ARGUMENTS:
+        if key in stored:
+            value = stored[key]
             init_args[key] = list(value) if isinstance(value, tuple) else value
     init_args["pre_trained"] = False
     init_args["weights"] = None
@@ -111,7 +122,35 @@ def _is_unias(class_path: str | None) -> bool:
     return isinstance(cls, type) and issubclass(cls, UniAS)
 
 
-def test_final_model_after_resume(module: ModuleType) -> None:
+def fix_engine(module: ModuleType) -> None:
+    """``Engine.train(ckpt_path=X)`` tests the final model; ``Engine.export`` keeps UniAS's deployment settings."""
+    _test_final_model_after_resume(module)
+    _keep_deployment_settings_on_export(module)
+
+
+def _keep_deployment_settings_on_export(module: ModuleType) -> None:
+    """Make ``Engine.export(model, ckpt_path=X)`` keep a UniAS model's ``int8_variant``.
+
+    anomalib rebuilds the model from X alone (``load_from_checkpoint``), dropping what the command line
+    said about deployment (``--model.int8_variant``); for UniAS the checkpoint is loaded here with the
+    given model's ``int8_variant`` and exported as that model.
+    """
+    engine_class = module.Engine
+    original = engine_class.export
+
+    @functools.wraps(original)  # the CLI reads the signature (and so anomalib's own) to build its arguments
+    def export(self: Any, model: Any, *args: Any, ckpt_path: str | Path | None = None, **kwargs: Any) -> Any:
+        from .lightning_model import UniAS  # noqa: PLC0415
+
+        if ckpt_path and isinstance(model, UniAS):
+            model = UniAS.load_from_checkpoint(ckpt_path, int8_variant=model.int8_variant)
+            ckpt_path = None
+        return original(self, model, *args, ckpt_path=ckpt_path, **kwargs)
+
+    engine_class.export = export
+
+
+def _test_final_model_after_resume(module: ModuleType) -> None:
     """Make ``Engine.train(ckpt_path=X)`` test the model as trained, not the checkpoint X it resumed from."""
     engine_class = module.Engine
     original = engine_class.train

@@ -194,6 +194,46 @@ def evaluate(model, datamodule, evaluator) -> dict[str, float]:  # noqa: ANN001
     return {metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in METRICS}
 
 
+@torch.no_grad()
+def level_diagnostics(model: UniAS, datamodule: AnomalibDataModule) -> dict[str, float]:
+    """Why the fused map scores what it scores, on the raw maps at model resolution.
+
+    The test pAP of each level's map alone, of the paper's product, and of the product without a border
+    band (1/16 of each side), plus how much hotter the product is in that band than inside.
+    """
+    model.eval()
+    head = model.model.head
+    levels: list[list[np.ndarray]] = [[] for _ in range(4)]
+    fused, masks = [], []
+    for batch in datamodule.test_dataloader():
+        features = model.model.backbone(model.pre_processor.transform(batch.image))
+        result = head.reconstruct(features)
+        size = tuple(batch.image.shape[-2:])
+        fused.append(head.anomaly_map(result.reconstructions, result.targets).squeeze(1).numpy())
+        for level, (reconstruction, target) in enumerate(zip(result.reconstructions, result.targets, strict=True)):
+            distance = 1 - torch.nn.functional.cosine_similarity(reconstruction, target, dim=1)
+            levels[level].append(
+                torch.nn.functional.interpolate(distance[:, None], size=size, mode="bilinear")[:, 0].numpy()
+            )
+        masks.append(batch.gt_mask.reshape(-1, *size).bool().numpy())
+    truth = np.concatenate(masks)
+    product = np.concatenate(fused)
+    band = max(1, truth.shape[1] // 16), max(1, truth.shape[2] // 16)
+    inner = (slice(None), slice(band[0], -band[0]), slice(band[1], -band[1]))
+    border = np.ones(truth.shape[1:], dtype=bool)
+    border[band[0] : -band[0], band[1] : -band[1]] = False
+    values = {
+        f"level{level} (stride {16 // 2**level}) alone": average_precision_score(
+            truth.ravel(), np.concatenate(maps).ravel()
+        )
+        for level, maps in enumerate(levels)
+    }
+    values["product (the paper's map)"] = average_precision_score(truth.ravel(), product.ravel())
+    values["product without the border band"] = average_precision_score(truth[inner].ravel(), product[inner].ravel())
+    values["border band / inside, mean map ratio"] = float(product[:, border].mean() / product[:, ~border].mean())
+    return {key: float(value) for key, value in values.items()}
+
+
 def load_recipe(recipe: Path, overrides: Sequence[str], max_epochs: int | None) -> dict[str, Any]:
     """The UniAS recipe of a config YAML: model init_args, epochs, batch sizes (``--set`` applied)."""
     config = yaml.safe_load(recipe.read_text())
@@ -297,9 +337,15 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "input_size": list(input_size),
         "settings": settings,
     }
+    levels = level_diagnostics(model, datamodule) if name == "unias" else {}
     (output / f"{name}.json").write_text(
         json.dumps(
-            {"summary": summary, "curve": curve.rows if curve else [], "per_defect": collector.per_defect_ap()},
+            {
+                "summary": summary,
+                "curve": curve.rows if curve else [],
+                "per_defect": collector.per_defect_ap(),
+                "levels": levels,
+            },
             indent=1,
         )
     )
@@ -428,6 +474,14 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     if "unias" in jobs:
         plot_learning_curve(output, jobs)
     plot_panel(output, [name for name in ("unias", "patchcore") if (output / f"{name}_maps.npz").exists()])
+    if "unias" in jobs and jobs["unias"].get("levels"):
+        diagnostics = ["| UniAS map | pAP (%) |", "|---|---|"]
+        diagnostics += [
+            f"| {key} | {value:.2f} |" if "ratio" in key else f"| {key} | {100 * value:.2f} |"
+            for key, value in jobs["unias"]["levels"].items()
+        ]
+        (output / "levels.md").write_text("\n".join(diagnostics) + "\n")
+        markdown += "\n" + "\n".join(diagnostics) + "\n"
     return markdown + "\n" + "\n".join(per_defect) + "\n"
 
 
