@@ -323,7 +323,11 @@ def hub_weights_file(name: str) -> Path:
                 f"a proxy or firewall that answers in the hub's place causes this too.{_fixes(name, repo_id)}"
             )
             raise WeightsUnavailableError(msg) from error
-    msg = f"Hugging Face repo '{repo_id}' has none of {list(filenames)} for backbone '{name}'."
+    msg = (
+        f"{constants.ENDPOINT} answered, but served none of {list(filenames)} of the Hugging Face repo "
+        f"'{repo_id}' for backbone '{name}'; a proxy or firewall that answers in the hub's place does this too."
+        f"{_fixes(name, repo_id)}"
+    )
     raise WeightsUnavailableError(msg)
 
 

@@ -132,16 +132,17 @@ def worker_torch_train(spec: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    network = _build_model(spec).model.train()
-    params = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    module = _build_model(spec)
+    network = module.model.train()
+    optimizer = module.configure_optimizers()["optimizer"]  # the model's own recipe: AdamW, clipping below
+    clip = module.trainer_arguments["gradient_clip_val"]
     images = torch.rand(TRAIN_BATCH_SIZE, 3, spec["size"], spec["size"])
 
     def step() -> None:
         loss, _ = network(images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.1)
+        module.configure_gradient_clipping(optimizer, clip, "norm")
         optimizer.step()
 
     seconds = _time_calls(step, spec["train_repeats"])

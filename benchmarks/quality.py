@@ -421,7 +421,7 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     header = ["model", *METRICS, "train_s", "test_s", "peak_rss_gb", "input_size", "settings"]
     csv_rows = [",".join(header)]
     lines = [
-        "| model | pAP | DSC | F1max-Dice | image AUROC | pixel AUROC | AUPRO | fit (s) | test (s) | peak RSS (GB) |",
+        "| model | pAP | DSC | F1max-Dice | image AUROC | pixel AUROC | AUPRO | training (s) | test (s) | peak RSS (GB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, job in jobs.items():
@@ -475,7 +475,7 @@ def write_report(output: Path, names: Sequence[str]) -> str:
         plot_learning_curve(output, jobs)
     plot_panel(output, [name for name in ("unias", "patchcore") if (output / f"{name}_maps.npz").exists()])
     if "unias" in jobs and jobs["unias"].get("levels"):
-        diagnostics = ["| UniAS map | pAP (%) |", "|---|---|"]
+        diagnostics = ["| UniAS map (test set) | pAP (%), or ratio |", "|---|---|"]
         diagnostics += [
             f"| {key} | {value:.2f} |" if "ratio" in key else f"| {key} | {100 * value:.2f} |"
             for key, value in jobs["unias"]["levels"].items()
@@ -564,6 +564,7 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
             axis.set_title(title, fontsize=7)
             axis.axis("off")
     figure.tight_layout()
+    figure.suptitle("each map scaled to its own range", fontsize=8)
     figure.savefig(output / "anomaly_maps.png", dpi=80)
     plt.close(figure)
 
@@ -576,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "quality"))
     parser.add_argument("--set", nargs="*", default=[], metavar="ARG=VALUE", help="override UniAS init_args")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--curve-points", type=int, default=6, help="test evaluations along UniAS training")
+    parser.add_argument("--curve-points", type=int, default=7, help="test evaluations along UniAS training")
     parser.add_argument("--patchcore-layers", nargs="+", default=["blocks.2", "blocks.4"])
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--padim-layers", nargs="+", default=["blocks.1", "blocks.2", "blocks.4"])

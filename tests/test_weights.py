@@ -8,6 +8,7 @@ answers (what a firewalled network looks like).
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -226,12 +228,17 @@ def hub_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     torch.save(resnet, saved)
 
     silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP connections, never answers
+    proxies = {name: catch_all_server(status) for name, status in (("proxy_404", 404), ("proxy_root_200", 200))}
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     python_path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
     base_env |= {"HF_HOME": str(home), "PYTHONPATH": python_path}
     runs = {
         "offline": {**base_env, "HF_HUB_OFFLINE": "1"},
         "silent_hub": {**base_env, "HF_ENDPOINT": f"https://127.0.0.1:{silent.getsockname()[1]}"},
+        **{
+            name: {**base_env, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}
+            for name, server in proxies.items()
+        },
     }
     script = textwrap.dedent(HUB_SCRIPT)
     processes = {
@@ -255,7 +262,29 @@ def hub_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
             results[name] = json.loads(lines[-1].removeprefix("RESULT"))
     finally:
         silent.close()
+        for server in proxies.values():
+            server.shutdown()
     return results
+
+
+def catch_all_server(root_status: int) -> http.server.ThreadingHTTPServer:
+    """A local HTTP server in the hub's place, like a proxy that answers every address: ``root_status``
+    for ``/`` (the reachability probe), 404 for everything else (the weights)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.send_response(root_status if self.path == "/" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = answer  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            del args
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def test_cli_installs_hf_cache_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,7 +313,15 @@ def test_hub_weights_come_from_the_cache_first(hub_results: dict[str, dict]) -> 
         assert result["resnet_probes"] == 0  # a cached file is used without contacting (or probing) the hub
 
 
-@pytest.mark.parametrize(("run", "reason"), [("offline", "HF_HUB_OFFLINE is set"), ("silent_hub", "did not answer")])
+@pytest.mark.parametrize(
+    ("run", "reason"),
+    [
+        ("offline", "HF_HUB_OFFLINE is set"),
+        ("silent_hub", "did not answer"),
+        ("proxy_404", "answered HTTP 404 instead of the hub"),
+        ("proxy_root_200", "a proxy or firewall that answers in the hub's place"),
+    ],
+)
 def test_missing_hub_weights_fail_fast_with_fixes(hub_results: dict[str, dict], run: str, reason: str) -> None:
     result = hub_results[run]
     message = result["b4"]  # from our probe (no huggingface_hub retries): HF_HUB_OFFLINE, or the 3 s deadline

@@ -1,7 +1,8 @@
 """Frozen multi-level backbone (UniAS paper Sec. 3.1, spec §1).
 
 A timm CNN with ``features_only=True`` tapped at strides 2, 4, 8 and 16 (EfficientNet-B4: 24, 32, 56
-and 160 channels).  timm builds the feature network only up to the last tap, so no later stage runs.
+and 160 channels).  timm's EfficientNet feature network keeps and runs every stage, also those after
+the last tap; :func:`drop_unused_stages` removes them, so no later stage runs.
 The backbone never trains: its parameters do not require gradients and it stays in eval mode (BN uses
 its running statistics) whatever mode the model is put in.
 """
