@@ -420,10 +420,9 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     }
     header = ["model", *METRICS, "train_s", "test_s", "peak_rss_gb", "input_size", "settings"]
     csv_rows = [",".join(header)]
-    lines = [
-        "| model | pAP | DSC | F1max-Dice | image AUROC | pixel AUROC | AUPRO | training (s) | test (s) | peak RSS (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["model", "pAP", "DSC", "F1max-Dice", "image AUROC", "pixel AUROC", "AUPRO"]
+    columns += ["training (s)", "test (s)", "peak RSS (GB)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, job in jobs.items():
         summary = job["summary"]
         values = [f"{100 * summary[m]:.2f}" for m in METRICS]
