@@ -1,9 +1,12 @@
-"""Two fixes for anomalib 2.7 behaviours that make runs irreproducible or mis-reported.
+"""Fixes for anomalib 2.7 behaviours that make runs irreproducible, mis-reported or fail.
 
 The plugin hook (``anomalib_plugin_hook``) applies them right after anomalib has imported the module
 they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's name is that module):
 
 * :func:`fix_cli` (``anomalib.cli.cli``):
+
+  - ``--ckpt_path .../latest/...`` is resolved when the command starts (anomalib moved ``latest`` to the
+    new run's empty folder before reading the checkpoint, so resuming through ``latest`` always failed);
 
   - anomalib's CLI accepts ``--seed_everything`` (our configs set 133) and its help says it seeds
     "before classes instantiation", but it never calls ``seed_everything``: two identical commands
@@ -42,6 +45,7 @@ def fix_cli(module: ModuleType) -> None:
     def before_instantiate_classes(self: Any) -> None:
         original(self)
         subcommand_config = self.config.get(str(self.subcommand), self.config)
+        _pin_checkpoint_path(subcommand_config)
         _use_checkpoint_settings(str(self.subcommand), subcommand_config)
         _refuse_bad_unias_arguments(str(self.subcommand), subcommand_config)
         seed = subcommand_config.get("seed_everything", None)
@@ -51,6 +55,19 @@ def fix_cli(module: ModuleType) -> None:
 
     before_instantiate_classes.__doc__ = original.__doc__
     cli_class.before_instantiate_classes = before_instantiate_classes
+
+
+def _pin_checkpoint_path(config: Any) -> None:
+    """Resolve ``--ckpt_path`` through symbolic links now, before anomalib moves ``latest``.
+
+    ``anomalib train --ckpt_path results/<model>/<data>/latest/weights/lightning/last.ckpt`` (resume)
+    failed with "Checkpoint file not found": anomalib's engine first creates the new run's version folder
+    and points ``latest`` at it, then reads the checkpoint through the moved link.  ``latest`` now means
+    the run that was latest when the command started.
+    """
+    ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
+    if ckpt_path and Path(ckpt_path).exists():
+        config["ckpt_path"] = str(Path(ckpt_path).resolve())
 
 
 ARCHITECTURE_ARGUMENTS = (
@@ -93,8 +110,8 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     model = config.get("model") if hasattr(config, "get") else None
     if model is None or not _is_unias(model.get("class_path")):
         return
+    from .backbone import check_backbone_name  # noqa: PLC0415
     from .validation import check_architecture, check_recipe  # noqa: PLC0415
-    from .weights import check_backbone_name  # noqa: PLC0415
 
     args = dict(vars(model.get("init_args")))
     architecture = ("input_size", "pixel_dim", "hidden_dim", "num_heads", "ffn_dim", "num_encoder_layers",

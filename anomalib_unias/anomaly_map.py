@@ -1,4 +1,4 @@
-"""Multi-level anomaly map and image score of UniAS (paper Sec. 3.4, spec §6).
+"""Multi-level anomaly map and image score of UniAS (paper Sec. 3.4, docs/design.md §6).
 
 Per level ``A_l = 1 - cos(R_l, T_l)`` over channels; each map is resized to the finest level's size
 (bilinear, align_corners=False) and smoothed with a level-specific Gaussian (kernel 3, 5, 7, 9 with
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .components.feature_preparation import GaussianBlur2d
+from .components.layers import GaussianBlur2d
 
 
 class AnomalyMapGenerator(nn.Module):

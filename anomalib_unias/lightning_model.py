@@ -5,6 +5,10 @@ EfficientNet from their low-pass/high-pass split; the product of the per-level c
 the anomaly map.  Train it on one category or, as the paper does, on all categories at once (see
 :mod:`anomalib_unias.data`).
 
+Paper: Ma et al., "Towards Accurate Unified Anomaly Segmentation", WACV 2025, https://arxiv.org/abs/2501.12295
+(BibTeX in the README).  Reference implementation: https://github.com/Mwxinnn/UniAS (MIT licence); this
+package re-implements it from the paper and our design notes (``docs/design.md``), without its code.
+
 Example:
     >>> from anomalib.engine import Engine
     >>> from anomalib_unias import UniAS
@@ -32,17 +36,18 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from .backbone import create_backbone
 from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
-from .data.visualizer import UnifiedImageVisualizer
 from .metrics import CategoryTablePrinter, unias_evaluator
 from .post_processor import UniASPostProcessor
+from .progress import EpochProgressLine
 from .torch_model import UniASModel
 from .validation import UniASArgumentError, check_architecture, check_recipe
+from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
     import openvino as ov
     from anomalib.data.datamodules.base.image import AnomalibDataModule
-from .weights import create_backbone
 
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
@@ -50,7 +55,6 @@ INT8_VARIANTS = ("map-fp32", "matmul-fp32", "anomalib")
 """What ``int8_variant`` may be (see :data:`anomalib_unias.export.INT8_VARIANTS`)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LEVEL_NAMES = ("stride16", "stride8", "stride4", "stride2")
 
 
 def warmup_cosine_schedule(
@@ -143,18 +147,34 @@ class UniAS(AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         input_size = check_architecture(
-            input_size, pixel_dim, hidden_dim, num_heads, ffn_dim, num_encoder_layers, neighbour_size, dropout,
-            jitter_scale, jitter_prob, loss_weight,
+            input_size=input_size,
+            pixel_dim=pixel_dim,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            neighbour_size=neighbour_size,
+            dropout=dropout,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            loss_weight=loss_weight,
         )
-        check_recipe(learning_rate, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, warmup_fraction)
+        check_recipe(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            lr_step_epochs=lr_step_epochs,
+            lr_gamma=lr_gamma,
+            warmup_fraction=warmup_fraction,
+        )
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(input_size)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
         )
         self.model = UniASModel(
-            create_backbone(backbone, pre_trained=pre_trained, weights=weights),
-            input_size,
+            backbone=create_backbone(backbone, pre_trained=pre_trained, weights=weights),
+            input_size=input_size,
             pixel_dim=pixel_dim,
             hidden_dim=hidden_dim,
             num_heads=num_heads,
@@ -184,7 +204,7 @@ class UniAS(AnomalibModule):
         """Resize to the model input (default 224 x 224) and normalise with ImageNet statistics.
 
         anomalib applies the same resize to the ground-truth masks, so metrics are computed at model
-        resolution as in the paper (spec §8).  The resize is not antialiased: the exported graph's resize
+        resolution as in the paper (docs/design.md §8).  The resize is not antialiased: the exported graph's resize
         cannot be (ONNX/OpenVINO), and the same resize in training, ``anomalib test`` and deployment keeps
         exported scores equal to the checkpoint's.
         """
@@ -199,7 +219,7 @@ class UniAS(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Image/pixel AUROC, pAP, the paper's DSC and AUPRO, per category and as a macro mean (spec §8)."""
+        """Image/pixel AUROC, pAP, the paper's DSC and AUPRO, per category and as a macro mean (docs/design.md §8)."""
         return unias_evaluator()
 
     @classmethod
@@ -208,10 +228,10 @@ class UniAS(AnomalibModule):
         return UnifiedImageVisualizer()
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's component callbacks, ``last.ckpt`` every epoch, and the per-category table after testing."""
+        """Anomalib's component callbacks, ``last.ckpt`` and a progress line every epoch, the table after testing."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, LastCheckpoint(), CategoryTablePrinter()]
+        return [*callbacks, LastCheckpoint(), EpochProgressLine(), CategoryTablePrinter()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Anomalib's checkpoint content plus the random-generator states (for an exact resume)."""
@@ -286,7 +306,7 @@ class UniAS(AnomalibModule):
         loss, levels = self.model(batch.image)
         batch_size = batch.image.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        for name, level in zip(LEVEL_NAMES, levels, strict=False):
+        for name, level in zip(self.model.head.level_names, levels, strict=True):
             self.log(f"train_loss_{name}", level, on_step=False, on_epoch=True, batch_size=batch_size)
         return {"loss": loss}
 
@@ -297,7 +317,7 @@ class UniAS(AnomalibModule):
         return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, spec §7).
+        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, docs/design.md §7).
 
         ``foreach=True``: the same update, computed for all parameter tensors at once (PyTorch picks the
         per-tensor loop on CPU by default, which cost a quarter of a small model's training step here).

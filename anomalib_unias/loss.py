@@ -1,4 +1,4 @@
-"""Reconstruction loss of UniAS (paper Sec. 3.4, spec §5).
+"""Reconstruction loss of UniAS (paper Sec. 3.4, docs/design.md §5).
 
 Per level: MSE over all elements plus a cosine term over channels per pixel; the levels are summed with
 equal weight and the sum is scaled by ``weight`` (10 on MVTec AD).  The paper's cosine *distance*

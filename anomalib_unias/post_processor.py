@@ -1,4 +1,4 @@
-"""Rank-preserving post-processor for UniAS (spec §6 and §8).
+"""Rank-preserving post-processor for UniAS (docs/design.md §6 and §8).
 
 UniAS's raw anomaly map is a product of four (1 - cos) maps and lies in [0, 16]; the image score is its
 maximum.  Two things in anomalib 2.7 would change the paper's metrics on such scores:

@@ -4,6 +4,10 @@ Frozen backbone taps -> Gaussian/residual feature preparation -> FPN pixel decod
 hybrid decoder (sample-aware queries, neighbour-masked spatial + channel attention, MGG-CNN) ->
 per-level reconstructions.  Training returns the loss; evaluation returns anomalib's
 ``InferenceBatch`` with the fused multi-level anomaly map and its maximum as the image score.
+
+Paper: Ma et al., "Towards Accurate Unified Anomaly Segmentation", WACV 2025, https://arxiv.org/abs/2501.12295
+(BibTeX in the README).  Reference implementation: https://github.com/Mwxinnn/UniAS (MIT licence); this
+package re-implements it from the paper and our design notes (``docs/design.md``), without its code.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator
+from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
-from .components.backbone import FrozenBackbone
 from .loss import UniASLoss
 from .validation import QUERY_STRIDE, check_architecture
 
@@ -72,20 +76,43 @@ class UniASHead(nn.Module):
     ) -> None:
         super().__init__()
         input_size = check_architecture(
-            input_size, pixel_dim, hidden_dim, num_heads, ffn_dim, num_encoder_layers, neighbour_size, dropout,
-            jitter_scale, jitter_prob, loss_weight,
+            input_size=input_size,
+            pixel_dim=pixel_dim,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            neighbour_size=neighbour_size,
+            dropout=dropout,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            loss_weight=loss_weight,
         )
         grid = query_grid(input_size)
         coarse_to_fine = list(reversed(feature_channels))
-        self.feature_preparation = FeaturePreparation(jitter_scale, jitter_prob)
+        self.level_names = tuple(f"stride{QUERY_STRIDE >> level}" for level in range(len(coarse_to_fine)))
+        self.feature_preparation = FeaturePreparation(jitter_scale=jitter_scale, jitter_prob=jitter_prob)
         self.pixel_decoder = PixelDecoder(
-            [2 * c for c in coarse_to_fine], grid, pixel_dim, num_heads, ffn_dim, num_encoder_layers, dropout
+            in_channels=[2 * c for c in coarse_to_fine],
+            grid_size=grid,
+            dim=pixel_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            dropout=dropout,
         )
         self.decoder = HybridDecoder(
-            coarse_to_fine, grid, pixel_dim, hidden_dim, num_heads, ffn_dim, neighbour_size, dropout
+            target_channels=coarse_to_fine,
+            grid_size=grid,
+            pixel_dim=pixel_dim,
+            dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            neighbour_size=neighbour_size,
+            dropout=dropout,
         )
-        self.loss = UniASLoss(loss_weight, legacy_cos_sign)
-        self.anomaly_map = AnomalyMapGenerator(len(feature_channels), input_size)
+        self.loss = UniASLoss(weight=loss_weight, legacy_cos_sign=legacy_cos_sign)
+        self.anomaly_map = AnomalyMapGenerator(num_levels=len(feature_channels), input_size=input_size)
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
         """Reconstruct the blurred taps from the raw taps ``features`` (fine to coarse)."""
@@ -110,22 +137,63 @@ class UniASModel(nn.Module):
     """UniAS: a frozen backbone and the :class:`UniASHead`.
 
     Args:
-        backbone: The frozen feature network (see :func:`anomalib_unias.weights.create_backbone`).
-        input_size: Model input (H, W), multiples of 16.
-        **head_kwargs: Widths, heads, jitter and loss settings of :class:`UniASHead`.
+        backbone: The frozen feature network (see :func:`anomalib_unias.backbone.create_backbone`), tapped
+            at strides 2, 4, 8 and 16.
+        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224).
+        pixel_dim: Pixel-decoder width (paper: 256).
+        hidden_dim: Query width (paper: 256).
+        num_heads: Attention heads everywhere (paper: 4).
+        ffn_dim: FFN width everywhere (paper: 2048).
+        num_encoder_layers: Pixel-decoder encoder depth (paper: 3).
+        neighbour_size: Side of the blocked attention window (paper: 7).
+        dropout: Transformer dropout (paper: 0.1).
+        jitter_scale: Feature-jitter scale (paper: 20).
+        jitter_prob: Feature-jitter probability per level (paper: 0.5).
+        loss_weight: Loss weight (paper: 10 on MVTec AD).
+        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
     """
 
-    def __init__(self, backbone: FrozenBackbone, input_size: tuple[int, int] = (224, 224), **head_kwargs) -> None:
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        input_size: tuple[int, int] = (224, 224),
+        pixel_dim: int = 256,
+        hidden_dim: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int = 2048,
+        num_encoder_layers: int = 3,
+        neighbour_size: int = 7,
+        dropout: float = 0.1,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 0.5,
+        loss_weight: float = 10.0,
+        legacy_cos_sign: bool = False,
+    ) -> None:
         super().__init__()
-        if list(backbone.reductions) != [2, 4, 8, 16]:
+        strides = list(backbone.reductions)
+        if strides != [2, 4, 8, 16]:
             msg = (
-                f"UniAS reads exactly four backbone feature maps, at strides 2, 4, 8 and 16; this backbone's taps "
-                f"have strides {list(backbone.reductions)}. Use a timm CNN with feature levels at those strides "
+                f"UniAS reads exactly four backbone feature maps, at strides 2, 4, 8 and 16; this backbone has "
+                f"{len(strides)} taps at strides {strides}. Use a timm CNN with feature levels at those strides "
                 "(e.g. tf_efficientnet_b4, tf_efficientnet_lite0) tapped at out_indices (0, 1, 2, 3)."
             )
             raise ValueError(msg)
         self.backbone = backbone
-        self.head = UniASHead(backbone.channels, input_size, **head_kwargs)
+        self.head = UniASHead(
+            feature_channels=backbone.channels,
+            input_size=input_size,
+            pixel_dim=pixel_dim,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            neighbour_size=neighbour_size,
+            dropout=dropout,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            loss_weight=loss_weight,
+            legacy_cos_sign=legacy_cos_sign,
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.

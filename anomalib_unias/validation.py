@@ -57,6 +57,7 @@ def _grid_problem(height: int, width: int, num_heads: int, neighbour_size: int) 
 
 
 def check_architecture(  # noqa: PLR0912 (one branch per rule)
+    *,
     input_size: Sequence[int],
     pixel_dim: int,
     hidden_dim: int,
@@ -131,6 +132,7 @@ def check_architecture(  # noqa: PLR0912 (one branch per rule)
 
 
 def check_recipe(
+    *,
     learning_rate: float,
     weight_decay: float,
     lr_schedule: str,

@@ -1,4 +1,4 @@
-"""Tests of the unified data modules, per-category augmentations (spec section 7), demo data and visualizer.
+"""Tests of the unified data modules, per-category augmentations (docs/design.md §7), demo data and visualizer.
 
 Real files in tmp_path, real anomalib/torch code, no mocks.
 """
@@ -324,7 +324,7 @@ def test_datamodules_build_from_yaml(tmp_path: Path, demo_root: Path) -> None:
 
 
 def test_paper_category_lists() -> None:
-    """Spec section 7, with the reference's ``hazel_nut`` typo fixed."""
+    """docs/design.md §7, with the reference's ``hazel_nut`` typo fixed."""
     assert "hazelnut" in paper_lists.MVTEC_HFLIP
     assert "hazelnut" in paper_lists.MVTEC_VFLIP
     assert "hazelnut" in paper_lists.MVTEC_ROTATE

@@ -1,4 +1,4 @@
-"""The UniAS AnomalibModule: construction offline, training recipe, steps (spec §7, §12)."""
+"""The UniAS AnomalibModule: construction offline, training recipe, steps (docs/design.md §7)."""
 
 from __future__ import annotations
 

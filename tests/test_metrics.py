@@ -1,4 +1,4 @@
-"""Tests of the paper's metrics (spec §8), the per-category wrapper and the rank-preserving post-processor."""
+"""Tests of the paper's metrics (docs/design.md §8), the per-category wrapper and the rank-preserving post-processor."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def random_maps(num_images=20, size=24, seed=0, levels=None, scale=1.0):
 
 
 def reference_paper_dice(maps: torch.Tensor, masks: torch.Tensor) -> float:
-    """Spec §8 written with scikit-learn and numpy, as the reference code does it."""
+    """docs/design.md §8 written with scikit-learn and numpy, as the reference code does it."""
     precision, recall, thresholds = precision_recall_curve(masks.numpy().ravel(), maps.numpy().ravel())
     threshold = thresholds[np.argmax(precision + recall)]
     dice = []
@@ -516,3 +516,32 @@ def test_format_category_table():
 """ + NOT_COMPUTABLE_NOTE
     assert format_category_table(logged) == expected
     assert format_category_table({"image_AUROC": 1.0}) == ""
+
+
+IMPORT_COST_SCRIPT = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import anomalib.metrics, anomalib.models, anomalib.visualization
+before = set(sys.modules)
+import anomalib_unias.metrics
+added = sorted(set(sys.modules) - before)
+print(json.dumps({"added": added, "cv2_before": "cv2" in before, "skimage_before": "skimage" in before}))
+"""
+
+
+def test_metrics_import_no_data_code(run, tmp_path) -> None:
+    """``anomalib_unias.metrics`` loads neither our data package (demo generator) nor cv2/scikit-image itself.
+
+    anomalib's own ``anomalib.metrics`` already imports cv2 (via ``anomalib.data``) and scikit-image (via
+    ``anomalib.deploy``); what matters is that importing ours adds no image-processing library.
+    """
+    import json
+
+    # The hook off: it would load our entry points (the whole package) when anomalib.models is imported.
+    output = run(["python", "-c", IMPORT_COST_SCRIPT], cwd=tmp_path, env={"ANOMALIB_PLUGINS_DISABLE": "1"}).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    heavy = [name for name in result["added"] if name.split(".")[0] in {"cv2", "skimage", "PIL", "tifffile"}]
+    ours = [name for name in result["added"] if name.startswith("anomalib_unias.data")]
+    assert heavy == [], heavy
+    assert ours == [], ours
+    assert "anomalib_unias.layout" in result["added"]

@@ -7,6 +7,7 @@ resumed from; both are fixed by ``anomalib_unias.anomalib_fixes`` through the pl
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -50,25 +51,25 @@ def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def uninterrupted(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], str]:
     from .conftest import run_process
 
     results = tmp_path_factory.mktemp("uninterrupted")
     result = run_process(train_command(demo_root, results), cwd=results)
-    return results, table(result.stdout)
+    return results, table(result.stdout), result.stdout
 
 
 def test_same_seed_same_metrics_and_weights(
-    uninterrupted: tuple[Path, list[str]], demo_root: Path, tmp_path: Path, run: Runner
+    uninterrupted: tuple[Path, list[str], str], demo_root: Path, tmp_path: Path, run: Runner
 ) -> None:
-    first_results, first_table = uninterrupted
+    first_results, first_table, _ = uninterrupted
     result = run(train_command(demo_root, tmp_path), cwd=tmp_path)
     assert table(result.stdout) == first_table
     assert_same_tensors(weights(first_results), weights(tmp_path))
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(
-    uninterrupted: tuple[Path, list[str]], demo_root: Path, tmp_path: Path, run: Runner
+    uninterrupted: tuple[Path, list[str], str], demo_root: Path, tmp_path: Path, run: Runner
 ) -> None:
     """SIGKILL in the third epoch, resume from ``last.ckpt``: same weights and printed metrics as no kill."""
     killed = run(
@@ -82,7 +83,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
 
     resumed_root = tmp_path / "resumed"
     resumed = run(train_command(demo_root, resumed_root, f"--ckpt_path={last}"), cwd=tmp_path)
-    first_results, first_table = uninterrupted
+    first_results, first_table, _ = uninterrupted
     assert table(resumed.stdout) == first_table
     assert_same_tensors(weights(first_results, "last.ckpt"), weights(resumed_root, "last.ckpt"))
     assert_same_tensors(weights(first_results), weights(resumed_root))
+
+
+def test_progress_bar_off_prints_one_line_per_epoch(uninterrupted: tuple[Path, list[str], str]) -> None:
+    """With ``enable_progress_bar=false`` the user still sees each epoch end, with its loss and time."""
+    lines = [line for line in uninterrupted[2].splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], lines
+    assert all(re.fullmatch(r"epoch \d/3: train_loss \d+\.\d{4}, \d+\.\d s", line) for line in lines), lines

@@ -1,12 +1,12 @@
-"""Behaviour of the UniAS torch model at tiny widths and small inputs (spec §1-6)."""
+"""Behaviour of the UniAS torch model at tiny widths and small inputs (docs/design.md §1-6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from anomalib_unias.backbone import FrozenBackbone, feature_network
 from anomalib_unias.components import neighbour_mask
-from anomalib_unias.components.backbone import FrozenBackbone, drop_unused_stages, timm_feature_network
 from anomalib_unias.torch_model import UniASModel
 
 TINY = {"pixel_dim": 32, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "num_encoder_layers": 1}
@@ -14,7 +14,7 @@ TINY = {"pixel_dim": 32, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "num_e
 
 def tiny_model(input_size: tuple[int, int] = (64, 64), neighbour_size: int = 3, **kwargs) -> UniASModel:
     torch.manual_seed(0)
-    backbone = FrozenBackbone(drop_unused_stages(timm_feature_network("tf_efficientnet_lite0")))
+    backbone = FrozenBackbone(feature_network("tf_efficientnet_lite0"))
     return UniASModel(backbone, input_size, neighbour_size=neighbour_size, **{**TINY, **kwargs})
 
 
@@ -78,7 +78,7 @@ def test_jitter_only_in_training() -> None:
 
 
 def test_jitter_magnitude_follows_the_formula() -> None:
-    """Noise std per element = scale * ||x||_2 / C (spec §2)."""
+    """Noise std per element = scale * ||x||_2 / C (docs/design.md §2)."""
     torch.manual_seed(1)
     model = tiny_model()
     prep = model.head.feature_preparation.train()
@@ -148,3 +148,13 @@ def test_legacy_cos_sign_changes_only_the_loss_term() -> None:
     ]
     expected_gap = 10 * sum(1 - 2 * c for c in cos_means)
     assert torch.allclose(paper - code, expected_gap, rtol=1e-4)
+
+
+def test_backbone_with_a_fifth_tap_is_refused_before_any_forward() -> None:
+    backbone = FrozenBackbone(feature_network("tf_efficientnet_lite0", out_indices=(0, 1, 2, 3, 4)))
+    with pytest.raises(ValueError, match=r"exactly four backbone feature maps.*5 taps at strides \[2, 4, 8, 16, 32\]"):
+        UniASModel(backbone, (64, 64), **TINY)
+
+
+def test_head_names_its_levels_coarse_to_fine() -> None:
+    assert tiny_model().head.level_names == ("stride16", "stride8", "stride4", "stride2")

@@ -171,16 +171,16 @@ HUB_SCRIPT = """
     import json, sys, warnings
     import timm, torch
     warnings.simplefilter("ignore")
-    import anomalib_unias.weights as weights_module
+    import anomalib_unias.backbone.hub as hub_module
     from anomalib_unias.weights import WeightsUnavailableError, bundled_state_dict, create_backbone
     result = {"probes": 0}
-    probe = weights_module._unreachable_reason
+    probe = hub_module.unreachable_reason
 
     def counted_probe(endpoint):
         result["probes"] += 1
         return probe(endpoint)
 
-    weights_module._unreachable_reason = counted_probe
+    hub_module.unreachable_reason = counted_probe
 
     try:
         create_backbone("tf_efficientnet_b4")

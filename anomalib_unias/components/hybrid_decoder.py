@@ -1,6 +1,6 @@
 """Multi-level hybrid decoder: coarse-to-fine query refinement and per-level reconstruction heads.
 
-UniAS paper Sec. 3.2-3.3, spec §4.1 and §4.6-4.7.
+UniAS paper Sec. 3.2-3.3, docs/design.md §4.1 and §4.6-4.7.
 
 Each pixel-decoder level is patchified to the query grid (kernel = stride = 2^l), projected to the
 query width and tagged with a learned level embedding; it is the memory of decoder stage ``l``.  The
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .layers import c2_xavier_fill
 from .mgg_cnn import MGGCNN
 from .neighbour_attention import SpatialChannelBlock, neighbour_mask
-from .pixel_decoder import c2_xavier_fill
 from .position_encoding import sine_position_encoding
 from .sample_aware_queries import SampleAwareQueries
 
@@ -85,11 +85,14 @@ class HybridDecoder(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(num_levels, dim))
 
         self.query_pos = nn.Parameter(torch.randn(num_cells, dim))
-        self.queries = SampleAwareQueries(dim, grid_size)
+        self.queries = SampleAwareQueries(dim=dim, grid_size=grid_size)
         self.blocks = nn.ModuleList(
-            SpatialChannelBlock(dim, num_cells, num_heads, ffn_dim, dropout) for _ in range(num_levels)
+            SpatialChannelBlock(dim=dim, num_cells=num_cells, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
+            for _ in range(num_levels)
         )
-        self.adaptors = nn.ModuleList(MGGCNN(dim, dim, dim) for _ in range(num_levels))
+        self.adaptors = nn.ModuleList(
+            MGGCNN(in_channels=dim, hidden_channels=dim, out_channels=dim) for _ in range(num_levels)
+        )
         self.norm = nn.LayerNorm(dim)
         self.heads = nn.ModuleList(ReconstructionHead(dim, c) for c in target_channels)
         self.grid_size = tuple(grid_size)

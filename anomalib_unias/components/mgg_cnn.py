@@ -1,4 +1,4 @@
-"""Multi-granularity gated CNN (MGG-CNN; UniAS paper Sec. 3.3, spec §4.5).
+"""Multi-granularity gated CNN (MGG-CNN; UniAS paper Sec. 3.3, docs/design.md §4.5).
 
 Four parallel convolution branches with 1x1, 3x3, 5x5 (two stacked 3x3) and 7x7 (three stacked 3x3)
 receptive fields, each closed by a GELU (the "gate", ``x * Phi(x)``), summed.  No norm, no residual.

@@ -1,6 +1,6 @@
 """FPN pixel decoder with a transformer encoder on the coarsest level (Mask2Former style).
 
-UniAS paper Sec. 3.2, spec §3.
+UniAS paper Sec. 3.2, docs/design.md §3.
 
 Top-down from the stride-16 level: a 1x1 projection, a post-norm transformer encoder with sine
 positions, a 3x3 conv (no bias, no norm) + ReLU; then, for each finer level, a 1x1 lateral conv +
@@ -13,31 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .neighbour_attention import AttentionLayer, FeedForwardLayer
+from .layers import AttentionLayer, ConvNorm, FeedForwardLayer, c2_xavier_fill
 from .position_encoding import sine_position_encoding
-
-
-def c2_xavier_fill(module: nn.Conv2d) -> None:
-    """Detectron2's ``c2_xavier_fill``: kaiming-uniform with ``a=1`` and a zero bias."""
-    nn.init.kaiming_uniform_(module.weight, a=1)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
-class ConvNorm(nn.Module):
-    """Conv (bias only when there is no norm) followed by an optional GroupNorm."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_groups: int | None) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_groups is None
-        )
-        self.norm = nn.GroupNorm(norm_groups, out_channels) if norm_groups else nn.Identity()
-        c2_xavier_fill(self.conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve, then normalise."""
-        return self.norm(self.conv(x))
 
 
 class EncoderLayer(nn.Module):
@@ -83,12 +60,17 @@ class PixelDecoder(nn.Module):
         self.register_buffer("pos", pos, persistent=False)
         self.input_proj = nn.Conv2d(in_channels[0], dim, 1)
         c2_xavier_fill(self.input_proj)
-        self.encoder = nn.ModuleList(EncoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_encoder_layers))
-        # The coarsest output conv has neither norm nor bias (spec §3).
+        self.encoder = nn.ModuleList(
+            EncoderLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
+            for _ in range(num_encoder_layers)
+        )
+        # The coarsest output conv has neither norm nor bias (docs/design.md §3).
         self.top_conv = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
         c2_xavier_fill(self.top_conv)
-        self.laterals = nn.ModuleList(ConvNorm(c, dim, 1, norm_groups) for c in in_channels[1:])
-        self.outputs = nn.ModuleList(ConvNorm(dim, dim, 3, norm_groups) for _ in in_channels[1:])
+        self.laterals = nn.ModuleList(ConvNorm(c, dim, kernel_size=1, norm_groups=norm_groups) for c in in_channels[1:])
+        self.outputs = nn.ModuleList(
+            ConvNorm(dim, dim, kernel_size=3, norm_groups=norm_groups) for _ in in_channels[1:]
+        )
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Decode ``inputs`` (coarse to fine) into ``dim``-channel maps of the same sizes."""

@@ -1,4 +1,4 @@
-"""Normalised sine position encoding (DETR / Mask2Former ``PositionEmbeddingSine``; spec §3).
+"""Normalised sine position encoding (DETR / Mask2Former ``PositionEmbeddingSine``; docs/design.md §3).
 
 Used for the pixel decoder's transformer encoder and as the key position encoding of every decoder
 level (all levels are patchified to the same query grid).

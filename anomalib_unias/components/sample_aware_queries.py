@@ -1,6 +1,6 @@
 """Sample-aware query reweighting (the paper's "sample-aware reweighting mechanism").
 
-UniAS paper Sec. 3.2; spec §4.2.
+UniAS paper Sec. 3.2; docs/design.md §4.2.
 
 Two learned query sets (``2 N`` embeddings for an ``N``-cell grid) are reweighted per image by CBAM-style
 channel and spatial attention taken from the coarsest pixel-decoder map, folded into a
@@ -34,7 +34,7 @@ class SampleAwareQueries(nn.Module):
             nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim)
         )
         self.spatial_conv = nn.Conv2d(2, 1, 7, padding=3)
-        self.mgg_cnn = MGGCNN(2 * dim, dim, dim)
+        self.mgg_cnn = MGGCNN(in_channels=2 * dim, hidden_channels=dim, out_channels=dim)
         for module in (self.channel_mlp, self.spatial_conv):
             for parameter in module.parameters():
                 if parameter.dim() > 1:

@@ -1,19 +1,21 @@
-"""Data for UniAS (spec sections 7 and 12).
+"""Data for UniAS (docs/design.md §7).
 
 Unified (multi-category) anomalib data modules, the paper's per-category augmentations, an embedded demo
 data set and a per-category visualizer.
 """
 
+from ..layout import category_of
+from ..visualizer import UnifiedImageVisualizer
 from .augmentation import (
     CategoryAugmentation,
     RandomRightAngleRotation,
     mvtec_paper_augmentation,
     visa_paper_augmentation,
 )
-from .category import category_of
+from .datamodules import UnifiedFolder, UnifiedMVTecAD, UnifiedVisa
+from .dataset import UnifiedDataset
 from .demo import DEFECT_TYPES, DEMO_CATEGORIES, UniASDemo, generate_demo_dataset
-from .unified import UnifiedDataset, UnifiedFolder, UnifiedMVTecAD, UnifiedVisa, make_unified_samples
-from .visualizer import UnifiedImageVisualizer
+from .samples import make_unified_samples
 
 __all__ = [
     "DEFECT_TYPES",

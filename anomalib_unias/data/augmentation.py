@@ -1,8 +1,8 @@
-"""The paper's per-category training augmentations (UniAS spec section 7).
+"""The paper's per-category training augmentations (docs/design.md §7).
 
 UniAS trains one model on all categories, but flips and rotations are only applied to the categories where
 they keep an image normal (a flipped transistor or a rotated metal nut can look like a defect). The
-reference recipe, spec section 7:
+reference recipe, docs/design.md §7:
 
 * HFLIP with probability 0.3, VFLIP with probability 0.3,
 * ROTATE by an angle drawn uniformly from {0, 90, 180, 270} (always drawn, so 75 % of the images rotate),
@@ -13,7 +13,7 @@ reference recipe, spec section 7:
 anomalib applies ``train_augmentations`` per sample inside ``AnomalibDataset.__getitem__`` as
 ``augmentations(image, mask)``, which carries no category. :class:`CategoryAugmentation` therefore takes the
 category as an extra ``str`` input, ``augmentations(image, mask, category)``;
-:class:`~anomalib_unias.data.unified.UnifiedDataset` passes it. Every torchvision-v2 transform passes
+:class:`~anomalib_unias.data.dataset.UnifiedDataset` passes it. Every torchvision-v2 transform passes
 ``str`` inputs through unchanged, so a :class:`CategoryAugmentation` can sit anywhere in a ``Compose``
 together with the ``Resize`` that anomalib appends from the model's pre-processor.
 """
@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import Compose, RandomHorizontalFlip, RandomVerti
 from torchvision.transforms.v2.functional import is_pure_tensor
 
 FLIP_PROBABILITY = 0.3
-"""Probability of each of HFLIP and VFLIP (spec section 7)."""
+"""Probability of each of HFLIP and VFLIP (docs/design.md §7)."""
 
 MVTEC_HFLIP = ("bottle", "carpet", "grid", "hazelnut", "metal_nut", "pill", "screw", "tile", "wood", "zipper")
 MVTEC_VFLIP = MVTEC_HFLIP
@@ -42,7 +42,7 @@ VISA_ROTATE = ("macaroni2", "capsules", "fryum")
 
 
 class RandomRightAngleRotation(Transform):
-    """Rotate images and masks by k * 90 degrees, k drawn uniformly from {0, 1, 2, 3} (spec section 7, ROTATE).
+    """Rotate images and masks by k * 90 degrees, k drawn uniformly from {0, 1, 2, 3} (docs/design.md §7, ROTATE).
 
     The rotation is exact (``torch.rot90``, no interpolation) and the same k is used for every input of one
     call, so a mask stays aligned with its image. Non-square inputs swap height and width.
@@ -119,10 +119,10 @@ class CategoryAugmentation(Transform):
 
 
 def mvtec_paper_augmentation() -> CategoryAugmentation:
-    """Build the paper's MVTec AD train augmentation (spec section 7), with ``hazelnut`` spelled correctly."""
+    """Build the paper's MVTec AD train augmentation (docs/design.md §7), with ``hazelnut`` spelled correctly."""
     return CategoryAugmentation.from_lists(MVTEC_HFLIP, MVTEC_VFLIP, MVTEC_ROTATE)
 
 
 def visa_paper_augmentation() -> CategoryAugmentation:
-    """Build the paper's VisA train augmentation (spec section 7)."""
+    """Build the paper's VisA train augmentation (docs/design.md §7)."""
     return CategoryAugmentation.from_lists(VISA_HFLIP, VISA_VFLIP, VISA_ROTATE)

@@ -1,4 +1,4 @@
-"""Embedded, offline demo dataset for unified anomaly segmentation (UniAS spec section 7, "data").
+"""Embedded, offline demo dataset for unified anomaly segmentation (docs/design.md §7).
 
 The paper's data sets (MVTec AD, VisA) need a download. This module builds a small MVTec-layout data set
 from the texture photographs bundled with scikit-image (``skimage.data.brick``, ``grass`` and ``gravel``,
@@ -31,7 +31,8 @@ from anomalib.data.utils import TestSplitMode, ValSplitMode
 from anomalib.data.utils.generators.perlin import generate_perlin_noise
 from torchvision.transforms.v2 import Transform
 
-from .unified import UnifiedFolder
+from ..layout import MASK_FOLDER, MASK_SUFFIX, NORMAL_FOLDER, TEST_FOLDER, TRAIN_FOLDER
+from .datamodules import UnifiedFolder
 
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
 """Category names = the scikit-image texture photograph each category is cut from."""
@@ -110,10 +111,10 @@ def _write_category(
     size: int,
 ) -> None:
     """Write one category's normal and defective images and the defect masks."""
-    for split, count in (("train", num_train), ("test", num_test_good)):
+    for split, count in ((TRAIN_FOLDER, num_train), (TEST_FOLDER, num_test_good)):
         for index in range(count):
             image = _colourise(_random_patch(rng, sources[category], size), category)
-            _save(folder / split / "good" / f"{index:03d}.png", image)
+            _save(folder / split / NORMAL_FOLDER / f"{index:03d}.png", image)
     per_kind = dict.fromkeys(DEFECT_TYPES, 0)
     for index in range(num_test_defect):
         kind = DEFECT_TYPES[index % len(DEFECT_TYPES)]
@@ -121,8 +122,8 @@ def _write_category(
         image, mask = _DEFECTS[kind](rng, image, category, sources)
         stem = f"{per_kind[kind]:03d}"
         per_kind[kind] += 1
-        _save(folder / "test" / kind / f"{stem}.png", image)
-        _save(folder / "ground_truth" / kind / f"{stem}_mask.png", mask.astype(np.float32))
+        _save(folder / TEST_FOLDER / kind / f"{stem}.png", image)
+        _save(folder / MASK_FOLDER / kind / f"{stem}{MASK_SUFFIX}.png", mask.astype(np.float32))
 
 
 def _random_patch(rng: np.random.Generator, source: np.ndarray, size: int) -> np.ndarray:
@@ -246,7 +247,7 @@ class UniASDemo(UnifiedFolder):
     Args:
         root: folder of the demo data; generated if a category is missing.
         categories: subset of :data:`DEMO_CATEGORIES`; ``None`` = all three.
-        Other arguments: as :class:`~anomalib_unias.data.unified.UnifiedFolder`.
+        Other arguments: as :class:`~anomalib_unias.data.datamodules.UnifiedFolder`.
     """
 
     def __init__(

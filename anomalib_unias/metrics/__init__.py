@@ -1,4 +1,4 @@
-"""The UniAS paper's evaluation protocol as anomalib metrics (spec §8).
+"""The UniAS paper's evaluation protocol as anomalib metrics (docs/design.md §8).
 
 * :class:`PaperDice`: the paper's DSC (per-image Dice at the threshold argmax(precision + recall));
 * :class:`F1MaxDice`: dataset-level Dice at the best-F1 threshold (ADer's F1-max; not the paper's DSC);

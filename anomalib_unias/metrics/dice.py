@@ -1,8 +1,8 @@
-"""Pixel Dice metrics: the UniAS paper's DSC and the dataset-level F1-max Dice (spec §8).
+"""Pixel Dice metrics: the UniAS paper's DSC and the dataset-level F1-max Dice (docs/design.md §8).
 
 Two different numbers are called "Dice" in the anomaly-segmentation literature:
 
-* :class:`PaperDice` is the DSC of the UniAS paper and reference code (``eval_dice_and_iou``, spec §8):
+* :class:`PaperDice` is the DSC of the UniAS paper and reference code (``eval_dice_and_iou``, docs/design.md §8):
   one threshold ``th = argmax(precision + recall)`` over all pixels given to the metric (scikit-learn
   ``precision_recall_curve`` semantics: candidate thresholds are the distinct scores and a pixel is
   predicted anomalous when ``score >= th``), then a Dice per image at that threshold (an image without
@@ -145,7 +145,7 @@ class _PaperDice(_PixelCurve):
 
 
 class PaperDice(AnomalibMetric, _PaperDice):  # type: ignore[misc]
-    """UniAS paper DSC (spec §8): mean per-image Dice at the oracle threshold argmax(precision + recall).
+    """UniAS paper DSC (docs/design.md §8): mean per-image Dice at the oracle threshold argmax(precision + recall).
 
     Defaults to the fields ``["anomaly_map", "gt_mask"]``.  Wrap it in
     :class:`~anomalib_unias.metrics.PerCategory` for the paper's per-category threshold and macro mean.

@@ -1,4 +1,4 @@
-"""UniAS default evaluator: the paper's metrics per category with their macro mean (spec §8)."""
+"""UniAS default evaluator: the paper's metrics per category with their macro mean (docs/design.md §8)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def unias_evaluator(
     compute_on_cpu: bool = True,
     aupro_fpr_limit: float = 0.3,
 ) -> PerCategoryEvaluator:
-    """Build the evaluator of the UniAS paper's test protocol (spec §8).
+    """Build the evaluator of the UniAS paper's test protocol (docs/design.md §8).
 
     Test metrics, logged as ``<name>/<category>`` and ``<name>/mean`` (macro mean over categories):
 

@@ -1,8 +1,8 @@
-"""Per-category evaluation with a macro mean, as in the UniAS paper's unified setting (spec §8).
+"""Per-category evaluation with a macro mean, as in the UniAS paper's unified setting (docs/design.md §8).
 
 The paper computes every metric separately for each category (its own pixel set, its own DSC threshold)
 and reports the mean over categories.  anomalib batches carry no category; :class:`PerCategory` derives
-it from ``image_path`` with :func:`~anomalib_unias.data.category_of` and routes each sample to a copy of
+it from ``image_path`` with :func:`~anomalib_unias.layout.category_of` and routes each sample to a copy of
 the wrapped metric made for that category.
 
 Logging: ``compute()`` returns the macro mean as one tensor, so anomalib's own ``Evaluator`` logs it
@@ -23,7 +23,7 @@ from torch import distributed as dist
 from torch import nn
 from torchmetrics import Metric
 
-from ..data.category import category_of
+from ..layout import category_of
 
 # Samples outside the MVTec layout (e.g. a flat folder) are evaluated together under this name.
 UNCATEGORISED = "all"
@@ -136,7 +136,8 @@ class _PerCategory(Metric):
         AUROC, AP, AUPRO and Dice are not defined there (torchmetrics would report 0, Dice NaN).
         """
         return [
-            category for category in self.categories
+            category
+            for category in self.categories
             if category in self.target_counts and min(self.target_counts[category]) == 0
         ]
 

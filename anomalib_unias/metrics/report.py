@@ -1,4 +1,4 @@
-"""Per-category result table, as the UniAS paper reports its results (spec §8).
+"""Per-category result table, as the UniAS paper reports its results (docs/design.md §8).
 
 One row per category and the macro mean, one column per metric, values in percent.
 """

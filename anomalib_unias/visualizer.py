@@ -1,4 +1,4 @@
-"""Visualizer for unified (multi-category) runs (UniAS spec section 12, "Unified training").
+"""Visualizer for unified (multi-category) runs (docs/design.md §7, unified training).
 
 anomalib's ``ImageVisualizer`` saves to ``images/<defect>/<file>`` when the datamodule's name does not
 occur in the image path; in a unified run every category has e.g. ``test/good/000.png``, so the categories
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from anomalib.utils.path import generate_output_filename
 from anomalib.visualization import ImageVisualizer
 
-from .category import category_of
+from .layout import category_of
 
 if TYPE_CHECKING:
     from anomalib.data import ImageBatch

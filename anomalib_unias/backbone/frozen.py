@@ -1,26 +1,30 @@
-"""Frozen multi-level backbone (UniAS paper Sec. 3.1, spec §1).
+"""The frozen multi-level feature network (UniAS paper Sec. 3.1, docs/design.md §1).
 
 A timm CNN with ``features_only=True`` tapped at strides 2, 4, 8 and 16 (EfficientNet-B4: 24, 32, 56
 and 160 channels).  timm's EfficientNet feature network keeps and runs every stage, also those after
-the last tap; :func:`drop_unused_stages` removes them, so no later stage runs.
+the last tap; :func:`feature_network` removes them, so no later stage runs.
 The backbone never trains: its parameters do not require gradients and it stays in eval mode (BN uses
 its running statistics) whatever mode the model is put in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
 
 DEFAULT_OUT_INDICES = (0, 1, 2, 3)
+"""timm feature indices of the four taps (EfficientNet: strides 2, 4, 8, 16)."""
 
 
 class FrozenBackbone(nn.Module):
     """Wrap a timm feature network, frozen and always in eval mode.
 
     Args:
-        network: A timm ``features_only`` model (see :func:`anomalib_unias.weights.create_backbone`).
+        network: A timm ``features_only`` model (see :func:`anomalib_unias.backbone.create_backbone`).
     """
 
     def __init__(self, network: nn.Module) -> None:
@@ -49,6 +53,24 @@ class FrozenBackbone(nn.Module):
             return list(self.network(images))
 
 
+def feature_network(
+    name: str,
+    out_indices: Sequence[int] = DEFAULT_OUT_INDICES,
+    hub_file: str | Path | None = None,
+) -> nn.Module:
+    """Build timm ``name`` as a feature network tapped at ``out_indices``, without its unused stages.
+
+    Args:
+        name: timm model name.
+        out_indices: timm feature indices to tap.
+        hub_file: A local copy of timm's own pretrained file for ``name``, loaded by timm as with
+            ``pretrained=True``; ``None`` builds random weights.
+    """
+    pretrained = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(hub_file)}} if hub_file else {}
+    network = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), exportable=True, **pretrained)
+    return drop_unused_stages(network)
+
+
 def drop_unused_stages(network: nn.Module) -> nn.Module:
     """Remove the stages after the last tap from a timm EfficientNet-style feature network.
 
@@ -60,8 +82,3 @@ def drop_unused_stages(network: nn.Module) -> nn.Module:
     if stage_out and hasattr(network, "blocks"):
         network.blocks = network.blocks[: max(stage_out)]
     return network
-
-
-def timm_feature_network(name: str, out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
-    """Build timm ``name`` with random weights as a feature network tapped at ``out_indices``."""
-    return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices, exportable=True)
