@@ -146,19 +146,20 @@ class UniAS(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        input_size = check_architecture(
-            input_size=input_size,
-            pixel_dim=pixel_dim,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            neighbour_size=neighbour_size,
-            dropout=dropout,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            loss_weight=loss_weight,
-        )
+        architecture = {
+            "input_size": input_size,
+            "pixel_dim": pixel_dim,
+            "hidden_dim": hidden_dim,
+            "num_heads": num_heads,
+            "ffn_dim": ffn_dim,
+            "num_encoder_layers": num_encoder_layers,
+            "neighbour_size": neighbour_size,
+            "dropout": dropout,
+            "jitter_scale": jitter_scale,
+            "jitter_prob": jitter_prob,
+            "loss_weight": loss_weight,
+        }
+        input_size = architecture["input_size"] = check_architecture(**architecture)
         check_recipe(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -174,18 +175,8 @@ class UniAS(AnomalibModule):
         )
         self.model = UniASModel(
             backbone=create_backbone(backbone, pre_trained=pre_trained, weights=weights),
-            input_size=input_size,
-            pixel_dim=pixel_dim,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            neighbour_size=neighbour_size,
-            dropout=dropout,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            loss_weight=loss_weight,
             legacy_cos_sign=legacy_cos_sign,
+            **architecture,
         )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
