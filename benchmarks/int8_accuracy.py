@@ -2,6 +2,7 @@
 
     python benchmarks/int8_accuracy.py --ckpt results/UniAS/.../model.ckpt            # MTD (../shared/data/mtd)
     python benchmarks/int8_accuracy.py --ckpt model.ckpt --root datasets/unias_demo --int8-variants anomalib map-fp32
+    python benchmarks/int8_accuracy.py --ckpt model.ckpt --openvino-model "anomalib export int8=path/model.xml"
 
 Exports the checkpoint once with anomalib's ``to_openvino`` (default dynamic input: any image size,
 resized inside the graph), saves FP16 and INT8 versions of that model (INT8: NNCF post-training
@@ -10,7 +11,12 @@ runtime on every test image at its original size, one image at a time:
 
 * ``pytorch``: ``AnomalibModule.forward`` in eager mode, the same pipeline as the exported graph and
   as ``anomalib test`` (UniAS's pre-processor resizes without antialiasing, like the export);
-* ``openvino fp32`` / ``fp16`` / ``int8`` (and other INT8 variants): the compiled OpenVINO models.
+* ``openvino fp32`` / ``fp16`` / ``int8`` (and other INT8 variants): the compiled OpenVINO models;
+* any model given with ``--openvino-model NAME=XML`` (e.g. what ``anomalib export --compression_type
+  INT8_PTQ`` wrote), evaluated the same way.
+
+OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bfloat16 units it would otherwise run
+the FP32 parts of every model in bfloat16 by default, which is a different precision than the one named.
 
 Ground-truth masks are resized to the model size with nearest neighbour (the pre-processor's
 transform, as in ``anomalib test``).  Metrics per category, macro mean over categories (the paper's
@@ -66,7 +72,8 @@ def pytorch_predictors(model: UniAS) -> dict[str, Predictor]:
 
 
 def openvino_predictor(path: Path, threads: int) -> Predictor:
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(path, "CPU", config)
 
     def predict(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = compiled(image.numpy())
@@ -108,7 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only this many test images, evenly spaced")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--openvino-model", action="append", default=[], metavar="NAME=XML",
+        help="also evaluate this exported OpenVINO model under NAME (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    extra_models = dict(item.split("=", 1) for item in args.openvino_model)
     torch.set_num_threads(args.threads)
 
     model = UniAS.load_from_checkpoint(args.ckpt).eval()
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         steps = ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
         print(f"exported in {time.perf_counter() - start:.0f} s: {steps}")
         predictors |= {f"openvino {name}": openvino_predictor(path, args.threads) for name, path in paths.items()}
+        predictors |= {name: openvino_predictor(Path(xml), args.threads) for name, xml in extra_models.items()}
         results = {}
         for name, predict in predictors.items():
             results[name] = evaluate(predict, test, test_indices, masks)

@@ -104,10 +104,10 @@ def test_every_readme_command_runs(workspace: Path) -> None:
         if command.startswith(NOT_RUN):
             continue
         args = [*shlex.split(command), *budget(command)]
-        if args[0] == "python":
-            args[0] = sys.executable  # this environment's interpreter, venv or not
         if args[:2] == ["python", "benchmarks/quality.py"]:
             args += ["--output", str(workspace / "quality_smoke")]
+        if args[0] == "python":
+            args[0] = sys.executable  # this environment's interpreter, venv or not
         before = set(workspace.glob("runs/benchmark/*/results.csv"))
         result = run_process(args, cwd=workspace, timeout=1200, check=False)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2500:]}\n{result.stderr[-4000:]}"
