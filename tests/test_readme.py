@@ -25,6 +25,7 @@ from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTEC_CATEGORIES
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
 from .conftest import REPO, run_process
+from .tiny import TINY_UNIAS
 
 README = REPO / "README.md"
 REAL_MTD = REPO.parent / "shared" / "data" / "mtd"
@@ -32,8 +33,8 @@ SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--t
          "--trainer.limit_test_batches", "2"]  # fmt: skip
 PAPER = [*SHORT, "--model.pre_trained", "false", "--data.num_workers", "0", "--data.train_batch_size", "2",
          "--data.eval_batch_size", "8"]  # fmt: skip
-TINY = ["--set", "input_size=[64,64]", "pixel_dim=32", "hidden_dim=32", "ffn_dim=64", "num_encoder_layers=1",
-        "neighbour_size=3"]  # fmt: skip
+TINY = ["--set", *(f"{key}={list(value) if isinstance(value, tuple) else value}".replace(" ", "")
+                   for key, value in TINY_UNIAS.items() if key != "backbone")]  # fmt: skip
 BUDGETS = {  # command prefix -> arguments appended
     "anomalib train --config configs/cpu.yaml": SHORT,
     "anomalib train --config configs/mtd.yaml": SHORT,

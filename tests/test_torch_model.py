@@ -9,7 +9,9 @@ from anomalib_unias.backbone import FrozenBackbone, feature_network
 from anomalib_unias.components import neighbour_mask
 from anomalib_unias.torch_model import UniASModel
 
-TINY = {"pixel_dim": 32, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "num_encoder_layers": 1}
+from .tiny import TINY_UNIAS
+
+TINY = {key: TINY_UNIAS[key] for key in ("pixel_dim", "hidden_dim", "ffn_dim", "num_encoder_layers")}
 
 
 def tiny_model(input_size: tuple[int, int] = (64, 64), neighbour_size: int = 3, **kwargs) -> UniASModel:
