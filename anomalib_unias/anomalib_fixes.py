@@ -5,9 +5,6 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
 
 * :func:`fix_cli` (``anomalib.cli.cli``):
 
-  - ``--ckpt_path .../latest/...`` is resolved when the command starts (anomalib moved ``latest`` to the
-    new run's empty folder before reading the checkpoint, so resuming through ``latest`` always failed);
-
   - anomalib's CLI accepts ``--seed_everything`` (our configs set 133) and its help says it seeds
     "before classes instantiation", but it never calls ``seed_everything``: two identical commands
     trained different models.  The fix seeds exactly as Lightning's own ``LightningCLI`` does (an int
@@ -17,7 +14,9 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
     in X (backbone, input size, widths; no download), so any UniAS checkpoint can be tested.
 * :func:`fix_engine` (``anomalib.engine.engine``): ``Engine.train(ckpt_path=X)`` (and ``anomalib train
   --ckpt_path X``) resumed training from X and then *tested X* again, so the printed metrics were those
-  of the checkpoint resumed from: the fix tests the model training ended with.  ``Engine.export(model,
+  of the checkpoint resumed from: the fix tests the model training ended with.  X is resolved before the
+  new run's folder is made: anomalib points ``latest`` at that empty folder first, so resuming from
+  ``.../latest/.../last.ckpt`` read the new folder and failed.  ``Engine.export(model,
   ckpt_path=X)`` rebuilt the model from X alone; for UniAS it keeps the given model's ``int8_variant``.
 
 ``ANOMALIB_PLUGINS_DISABLE=1`` turns the hook, and with it these fixes, off.
@@ -27,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -45,7 +45,6 @@ def fix_cli(module: ModuleType) -> None:
     def before_instantiate_classes(self: Any) -> None:
         original(self)
         subcommand_config = self.config.get(str(self.subcommand), self.config)
-        _pin_checkpoint_path(subcommand_config)
         _use_checkpoint_settings(str(self.subcommand), subcommand_config)
         _refuse_bad_unias_arguments(str(self.subcommand), subcommand_config)
         seed = subcommand_config.get("seed_everything", None)
@@ -55,19 +54,6 @@ def fix_cli(module: ModuleType) -> None:
 
     before_instantiate_classes.__doc__ = original.__doc__
     cli_class.before_instantiate_classes = before_instantiate_classes
-
-
-def _pin_checkpoint_path(config: Any) -> None:
-    """Resolve ``--ckpt_path`` through symbolic links now, before anomalib moves ``latest``.
-
-    ``anomalib train --ckpt_path results/<model>/<data>/latest/weights/lightning/last.ckpt`` (resume)
-    failed with "Checkpoint file not found": anomalib's engine first creates the new run's version folder
-    and points ``latest`` at it, then reads the checkpoint through the moved link.  ``latest`` now means
-    the run that was latest when the command started.
-    """
-    ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
-    if ckpt_path and Path(ckpt_path).exists():
-        config["ckpt_path"] = str(Path(ckpt_path).resolve())
 
 
 ARCHITECTURE_ARGUMENTS = (
@@ -114,13 +100,10 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     from .validation import check_architecture, check_recipe  # noqa: PLC0415
 
     args = dict(vars(model.get("init_args")))
-    architecture = ("input_size", "pixel_dim", "hidden_dim", "num_heads", "ffn_dim", "num_encoder_layers",
-                    "neighbour_size", "dropout", "jitter_scale", "jitter_prob", "loss_weight")  # fmt: skip
-    recipe = ("learning_rate", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "warmup_fraction")
     try:
         check_backbone_name(str(args["backbone"]))
-        check_architecture(**{key: args[key] for key in architecture})
-        check_recipe(**{key: args[key] for key in recipe})
+        for check in (check_architecture, check_recipe):
+            check(**{key: args[key] for key in inspect.signature(check).parameters})
     except ValueError as error:
         print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -168,7 +151,7 @@ def _keep_deployment_settings_on_export(module: ModuleType) -> None:
 
 
 def _test_final_model_after_resume(module: ModuleType) -> None:
-    """Make ``Engine.train(ckpt_path=X)`` test the model as trained, not the checkpoint X it resumed from."""
+    """Make ``Engine.train(ckpt_path=X)`` resume from X as it was when called and test the model as trained."""
     engine_class = module.Engine
     original = engine_class.train
 
@@ -181,6 +164,8 @@ def _test_final_model_after_resume(module: ModuleType) -> None:
         datamodule: Any = None,
         ckpt_path: str | Path | None = None,
     ) -> Any:
+        # Resolved now, while ``latest`` still points at the run the checkpoint came from.
+        ckpt_path = Path(ckpt_path).resolve() if ckpt_path else None
         if not ckpt_path or model.learning_type in {module.LearningType.ZERO_SHOT, module.LearningType.FEW_SHOT}:
             return original(self, model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, ckpt_path)
         # anomalib's Engine.train, except that ``trainer.test`` gets no ckpt_path: it tests the weights in memory.
@@ -188,7 +173,7 @@ def _test_final_model_after_resume(module: ModuleType) -> None:
             model, train_dataloaders, val_dataloaders, test_dataloaders, datamodule, versioned_dir=True
         )
         self._setup_trainer(model)
-        self.trainer.fit(model, train_dataloaders, val_dataloaders, datamodule, Path(ckpt_path).resolve())
+        self.trainer.fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
         return self.trainer.test(model, test_dataloaders, datamodule=datamodule)
 
     train.__doc__ = original.__doc__

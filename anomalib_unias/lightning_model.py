@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from anomalib import LearningType
@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
-INT8_VARIANTS = ("map-fp32", "matmul-fp32", "anomalib")
-"""What ``int8_variant`` may be (see :data:`anomalib_unias.export.INT8_VARIANTS`)."""
+Int8Variant = Literal["map-fp32", "matmul-fp32", "anomalib"]
+"""What ``int8_variant`` may be (the keys of :data:`anomalib_unias.export.INT8_VARIANTS`)."""
+INT8_VARIANTS = get_args(Int8Variant)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -140,7 +141,7 @@ class UniAS(AnomalibModule):
         lr_gamma: float = 0.1,
         warmup_fraction: float = 0.05,
         max_epochs: int | None = None,
-        int8_variant: Literal["map-fp32", "matmul-fp32", "anomalib"] = "map-fp32",
+        int8_variant: Int8Variant = "map-fp32",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

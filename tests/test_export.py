@@ -30,8 +30,9 @@ from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_unias import UniAS
+from anomalib_unias import export as export_module
 from anomalib_unias.data import UniASDemo
-from anomalib_unias.lightning_model import IMAGENET_MEAN
+from anomalib_unias.lightning_model import IMAGENET_MEAN, INT8_VARIANTS
 
 from .tiny import TINY_UNIAS
 
@@ -373,3 +374,9 @@ def test_non_finite_pixels_are_anomalous_in_pytorch_and_openvino(
     assert bool(ov_output.pred_label[0])
     assert float(torch_output.pred_score[0]) == pytest.approx(1.0)
     assert float(ov_output.pred_score[0]) == pytest.approx(1.0)
+
+
+def test_model_offers_exactly_the_int8_variants_the_exporter_implements() -> None:
+    assert set(INT8_VARIANTS) == set(export_module.INT8_VARIANTS)
+    with pytest.raises(ValueError, match="int8_variant='int8'"):
+        UniAS(**TINY_UNIAS, pre_trained=False, int8_variant="int8")
