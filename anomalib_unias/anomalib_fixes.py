@@ -57,9 +57,11 @@ def fix_cli(module: ModuleType) -> None:
 
 
 ARCHITECTURE_ARGUMENTS = (
-    "backbone", "input_size", "pixel_dim", "hidden_dim", "num_heads", "ffn_dim", "num_encoder_layers", "neighbour_size",
+    "backbone", "input_size", "input_mean", "input_std", "image_size", "tile_stride", "pixel_dim", "hidden_dim",
+    "num_heads", "ffn_dim", "num_encoder_layers", "neighbour_size",
 )  # fmt: skip
-"""The UniAS arguments that shape the state dict: taken from the checkpoint; the rest stay the command line's."""
+"""The UniAS arguments that shape the state dict or what it is fed: taken from the checkpoint; the rest stay the
+command line's."""
 
 
 def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
@@ -97,12 +99,18 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     if model is None or not _is_unias(model.get("class_path")):
         return
     from .backbone import check_backbone_name  # noqa: PLC0415
-    from .validation import check_architecture, check_recipe  # noqa: PLC0415
+    from .validation import (  # noqa: PLC0415
+        check_architecture,
+        check_map,
+        check_normalization,
+        check_recipe,
+        check_tiling,
+    )
 
     args = dict(vars(model.get("init_args")))
     try:
         check_backbone_name(str(args["backbone"]))
-        for check in (check_architecture, check_recipe):
+        for check in (check_architecture, check_map, check_normalization, check_recipe, check_tiling):
             check(**{key: args[key] for key in inspect.signature(check).parameters})
     except ValueError as error:
         print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)

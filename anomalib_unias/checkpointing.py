@@ -139,7 +139,7 @@ class LastCheckpoint(Callback):
     def _save(self, trainer: Trainer) -> None:
         path = self.path(trainer)
         partial = path.with_name(path.name + ".partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # optimiser and RNG states too: an exact resume
         if trainer.is_global_zero:
             partial.replace(path)
         trainer.strategy.barrier("last_checkpoint")

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,31 +32,43 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.pre_processing.utils.transform import get_exportable_transform
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .backbone import create_backbone
+from .anomaly_map import MapFusion
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
 from .metrics import CategoryTablePrinter, unias_evaluator
 from .post_processor import UniASPostProcessor
 from .progress import EpochProgressLine
+from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
 from .torch_model import UniASModel
-from .validation import UniASArgumentError, check_architecture, check_recipe
+from .validation import (
+    UniASArgumentError,
+    check_architecture,
+    check_map,
+    check_normalization,
+    check_recipe,
+    check_tiling,
+)
 from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
     import openvino as ov
     from anomalib.data.datamodules.base.image import AnomalibDataModule
 
+logger = logging.getLogger(__name__)
+
+RESOLUTION_SAMPLE = 2000
+"""Images per split whose size is read (headers only) for the resolution check."""
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
 Int8Variant = Literal["map-fp32", "matmul-fp32", "anomalib"]
 """What ``int8_variant`` may be (the keys of :data:`anomalib_unias.export.INT8_VARIANTS`)."""
 INT8_VARIANTS = get_args(Int8Variant)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def warmup_cosine_schedule(
@@ -82,7 +95,22 @@ class UniAS(AnomalibModule):
         pre_trained: Load ImageNet weights for the backbone.
         weights: Optional local backbone weights file (overrides the download).
         input_size: Model input (H, W), multiples of 16 (paper: 224 x 224); the query grid is
-            input_size / 16.
+            input_size / 16.  With tiling (``image_size`` larger), the tile.
+        image_size: Working resolution (H, W) the pre-processor resizes images to; ``None`` =
+            ``input_size``.  When larger than ``input_size``, every image is cut into ``input_size`` tiles
+            (anomalib's ``Tiler``; ``TilerConfigurationCallback`` sets the same), whose maps are untiled into
+            the full map (README, "High-resolution and non-square images").  ``"auto"``: the data's typical
+            image size on the tile grid (at most 1.5 Mpixel), resolved when fit/test/predict starts and
+            stored in the checkpoint.  Not in the paper.
+        tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).  Tiles must
+            cover ``image_size`` exactly; overlaps are averaged.
+        train_tiles: Training tiles per image per step, cut at random positions of the ``image_size``
+            image; ``None`` = every grid tile.  A step then costs ``train_tiles`` tiles per image whatever
+            the resolution.
+        input_mean: RGB mean the pre-processor normalises with; ``None`` = the statistics the backbone's
+            weights were trained with (timm's ``pretrained_cfg``: ImageNet's for B4, 0.5 for the
+            EfficientNet-Lite ports).  The resolved values are stored in the checkpoint.
+        input_std: RGB standard deviation, as ``input_mean``.
         pixel_dim: Pixel-decoder width (paper: 256).
         hidden_dim: Query width (paper: 256).
         num_heads: Attention heads (paper: 4).
@@ -95,6 +123,16 @@ class UniAS(AnomalibModule):
         loss_weight: Reconstruction loss weight (paper: 10 on MVTec AD, 1 on VisA).
         legacy_cos_sign: Add ``+cos`` to the loss as the reference code does, instead of the paper's
             cosine distance ``1 - cos``.
+        map_fusion: How the level maps are fused: ``"product"`` (paper) or ``"mean"``.  A product multiplies
+            the noise of levels that have not learnt yet into the map; Dinomaly (CVPR 2025) fuses by the
+            mean.  Read at evaluation only: a checkpoint can be tested with either.  Not in the paper.
+        map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
+            four (paper).  Read at evaluation only.  Not in the paper.
+        hard_mining: ``None`` = the paper's loss.  A share ``p`` (Dinomaly, CVPR 2025: 0.9) = Dinomaly's loose
+            loss with hard mining: per level the cosine distance of the whole flattened reconstruction, the
+            gradient of the easiest ``p`` of the pixels scaled by 0.1, ``p`` ramped up over
+            ``hard_mining_warmup`` steps.  Not in the paper.
+        hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
         learning_rate: AdamW learning rate (paper: 1e-4).
         weight_decay: AdamW weight decay on every trainable parameter (paper: 1e-4).
         lr_schedule: ``"step"`` = the paper's StepLR, stepped once per epoch; ``"cosine"`` = linear
@@ -111,7 +149,8 @@ class UniAS(AnomalibModule):
             INT8_PTQ``): ``"map-fp32"`` keeps the cosine distances, the map fusion and the normalisation in
             FP32 (quantising them cost 5 pAP points on MTD); ``"anomalib"`` = NNCF's defaults on the whole
             graph; ``"matmul-fp32"`` keeps the attention/FFN matrix products in FP32.
-        pre_processor: Pre-processor, or ``True`` for resize to ``input_size`` + ImageNet normalisation.
+        pre_processor: Pre-processor, or ``True`` for resize to ``input_size`` + normalisation with
+            ``input_mean``/``input_std``.
         post_processor: Post-processor, or ``True`` for the default.
         evaluator: Evaluator, or ``True`` for the default (pAP, DSC, AUROCs, AUPRO per category).
         visualizer: Visualizer, or ``True`` for the default.
@@ -123,6 +162,11 @@ class UniAS(AnomalibModule):
         pre_trained: bool = True,
         weights: str | Path | None = None,
         input_size: tuple[int, int] = (224, 224),
+        input_mean: tuple[float, float, float] | None = None,
+        input_std: tuple[float, float, float] | None = None,
+        image_size: tuple[int, int] | Literal["auto"] | None = None,
+        tile_stride: tuple[int, int] | None = None,
+        train_tiles: int | None = None,
         pixel_dim: int = 256,
         hidden_dim: int = 256,
         num_heads: int = 4,
@@ -134,6 +178,10 @@ class UniAS(AnomalibModule):
         jitter_prob: float = 0.5,
         loss_weight: float = 10.0,
         legacy_cos_sign: bool = False,
+        map_fusion: MapFusion = "product",
+        map_strides: list[int] | None = None,
+        hard_mining: float | None = None,
+        hard_mining_warmup: int = 1000,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["step", "cosine"] = "step",
@@ -168,16 +216,37 @@ class UniAS(AnomalibModule):
             lr_step_epochs=lr_step_epochs,
             lr_gamma=lr_gamma,
             warmup_fraction=warmup_fraction,
+            hard_mining=hard_mining,
+            hard_mining_warmup=hard_mining_warmup,
         )
+        tiling = {"image_size": image_size, "tile_stride": tile_stride, "train_tiles": train_tiles}
+        image_size, _ = check_tiling(input_size=input_size, **tiling)
+        self._auto_tiling = tiling if tiling["image_size"] == "auto" else None  # resolved in setup()
+        if self._auto_tiling:
+            tiling = {"image_size": None, "tile_stride": None, "train_tiles": None}
+        check_normalization(input_mean=input_mean, input_std=input_std)
+        check_map(map_fusion=map_fusion, map_strides=map_strides)
+        frozen_backbone = create_backbone(backbone, pre_trained=pre_trained, weights=weights)
+        backbone_mean, backbone_std = frozen_backbone.input_statistics
+        input_mean = tuple(float(v) for v in (input_mean or backbone_mean))
+        input_std = tuple(float(v) for v in (input_std or backbone_std))
+        self._default_pre_processor = pre_processor is True
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(input_size)
+            pre_processor = self.configure_pre_processor(image_size, mean=input_mean, std=input_std)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
         )
+        # The checkpoint keeps the statistics actually used, not "None": a later timm could name others.
+        self.hparams.update(input_mean=input_mean, input_std=input_std)
         self.model = UniASModel(
-            backbone=create_backbone(backbone, pre_trained=pre_trained, weights=weights),
+            backbone=frozen_backbone,
             legacy_cos_sign=legacy_cos_sign,
+            map_fusion=map_fusion,
+            map_strides=map_strides,
+            hard_mining=hard_mining,
+            hard_mining_warmup=hard_mining_warmup,
             **architecture,
+            **tiling,
         )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -190,10 +259,18 @@ class UniAS(AnomalibModule):
             msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {INT8_VARIANTS}."
             raise UniASArgumentError(msg)
         self.int8_variant = int8_variant
+        self._resolution_checked = False
 
     @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model input (default 224 x 224) and normalise with ImageNet statistics.
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> PreProcessor:
+        """Resize to the model input (default 224 x 224) and normalise with ``mean``/``std``.
+
+        ``UniAS`` passes the backbone's own statistics (ImageNet's for the paper's B4, the default here).
 
         anomalib applies the same resize to the ground-truth masks, so metrics are computed at model
         resolution as in the paper (docs/design.md §8).  The resize is not antialiased: the exported graph's resize
@@ -202,7 +279,7 @@ class UniAS(AnomalibModule):
         """
         image_size = image_size or (224, 224)
         return PreProcessor(
-            transform=Compose([Resize(image_size, antialias=False), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+            transform=Compose([Resize(image_size, antialias=False), Normalize(mean=list(mean), std=list(std))])
         )
 
     def configure_post_processor(self) -> UniASPostProcessor:
@@ -225,10 +302,65 @@ class UniAS(AnomalibModule):
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
         return [*callbacks, LastCheckpoint(), EpochProgressLine(), CategoryTablePrinter()]
 
+    def setup(self, stage: str) -> None:
+        """Once per model: resolve ``image_size="auto"`` from the data, or warn if the resolution erases detail.
+
+        Reads the image headers of the data module's samples (no decoding); see
+        :mod:`anomalib_unias.resolution`.
+        """
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self._resolution_checked or datamodule is None:
+            return
+        self._resolution_checked = True
+        paths = [
+            path
+            for split in ("train_data", "test_data")
+            if (samples := getattr(getattr(datamodule, split, None), "samples", None)) is not None
+            for path in samples.image_path[:RESOLUTION_SAMPLE]
+        ]
+        sizes = image_sizes(paths)
+        if self._auto_tiling:
+            self._resolve_auto_image_size(sizes)
+            # anomalib copied the pre-processor's old resize into the datasets' augmentations; copy the new one.
+            datamodule.setup(stage)
+        elif advice := resolution_advice(sizes, self.model.image_size, self.model.input_size):
+            logger.warning(advice)
+
+    def _resolve_auto_image_size(self, sizes: list[tuple[int, int]]) -> None:
+        """Set the working resolution from the data (``image_size="auto"``) in the model, pre-processor and hparams."""
+        tiling, self._auto_tiling = self._auto_tiling, None
+        if not self._default_pre_processor:
+            msg = (
+                "UniAS argument image_size='auto' sets the resize of UniAS's own pre-processor, but a custom "
+                "pre_processor was given: give image_size as [height, width] matching its resize."
+            )
+            raise UniASArgumentError(msg)
+        stride = tiling["tile_stride"] or (self.model.tile_stride if self.model.tiler else None)
+        resolved = auto_image_size(sizes, self.model.input_size, stride)
+        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=tiling["train_tiles"])
+        self.hparams["image_size"] = list(resolved)
+        (normalize,) = [t for t in self.pre_processor.transform.transforms if isinstance(t, Normalize)]
+        transform = self.configure_pre_processor(resolved, mean=normalize.mean, std=normalize.std).transform
+        self.pre_processor.transform = transform
+        self.pre_processor.export_transform = get_exportable_transform(transform)
+        height, width = typical_size(sizes)
+        tiles = (resolved[0] // self.model.input_size[0]) * (resolved[1] // self.model.input_size[1])
+        logger.info(
+            "UniAS image_size 'auto': the images are typically %d x %d; working resolution %s (%s tiles of %s).",
+            height, width, list(resolved), tiles if self.model.tile_stride == self.model.input_size else "overlapping",
+            list(self.model.input_size),
+        )  # fmt: skip
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Anomalib's checkpoint content plus the random-generator states (for an exact resume)."""
+        """Anomalib's checkpoint content plus the random-generator states (for an exact resume).
+
+        The tile stride stored is the one in use: anomalib's ``TilerConfigurationCallback`` may have set
+        another than the constructor's, and the checkpoint must rebuild the model that was trained.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint[RNG_STATES_KEY] = rng_states()
+        if self.model.tiler is not None:
+            checkpoint.setdefault("hyper_parameters", {})["tile_stride"] = list(self.model.tile_stride)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """When training resumes from ``checkpoint``, continue with the random numbers it stopped at."""

@@ -12,17 +12,19 @@ package re-implements it from the paper and our design notes (``docs/design.md``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import AnomalyMapGenerator, MapFusion
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
-from .validation import QUERY_STRIDE, check_architecture
+from .tiling import Tiler, check_tiler, make_tiler, random_tiles
+from .validation import QUERY_STRIDE, check_architecture, check_map, check_tiling
 
 
 @dataclass
@@ -56,6 +58,10 @@ class UniASHead(nn.Module):
         jitter_prob: Feature-jitter probability per level (paper: 0.5).
         loss_weight: Loss weight (paper: 10 on MVTec AD).
         legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
+        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`).
+        map_strides: Strides of the levels fused into the map; ``None`` = all four (paper).
+        hard_mining: ``None`` (paper loss) or Dinomaly's hard-mining share (:mod:`anomalib_unias.loss`).
+        hard_mining_warmup: Training steps over which the hard-mining share ramps up.
     """
 
     def __init__(
@@ -73,8 +79,13 @@ class UniASHead(nn.Module):
         jitter_prob: float = 0.5,
         loss_weight: float = 10.0,
         legacy_cos_sign: bool = False,
+        map_fusion: MapFusion = "product",
+        map_strides: Sequence[int] | None = None,
+        hard_mining: float | None = None,
+        hard_mining_warmup: int = 1000,
     ) -> None:
         super().__init__()
+        fused_levels = check_map(map_fusion=map_fusion, map_strides=map_strides)
         input_size = check_architecture(
             input_size=input_size,
             pixel_dim=pixel_dim,
@@ -88,6 +99,7 @@ class UniASHead(nn.Module):
             jitter_prob=jitter_prob,
             loss_weight=loss_weight,
         )
+        self.input_size = input_size
         grid = query_grid(input_size)
         coarse_to_fine = list(reversed(feature_channels))
         self.level_names = tuple(f"stride{QUERY_STRIDE >> level}" for level in range(len(coarse_to_fine)))
@@ -111,8 +123,15 @@ class UniASHead(nn.Module):
             neighbour_size=neighbour_size,
             dropout=dropout,
         )
-        self.loss = UniASLoss(weight=loss_weight, legacy_cos_sign=legacy_cos_sign)
-        self.anomaly_map = AnomalyMapGenerator(num_levels=len(feature_channels), input_size=input_size)
+        self.loss = UniASLoss(
+            weight=loss_weight,
+            legacy_cos_sign=legacy_cos_sign,
+            hard_mining=hard_mining,
+            hard_mining_warmup=hard_mining_warmup,
+        )
+        self.anomaly_map = AnomalyMapGenerator(
+            num_levels=len(feature_channels), input_size=input_size, fusion=map_fusion, fused_levels=fused_levels
+        )
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
         """Reconstruct the blurred taps from the raw taps ``features`` (fine to coarse)."""
@@ -134,12 +153,20 @@ class UniASHead(nn.Module):
 
 
 class UniASModel(nn.Module):
-    """UniAS: a frozen backbone and the :class:`UniASHead`.
+    """UniAS: a frozen backbone and the :class:`UniASHead`, optionally over tiles of a larger image.
+
+    With ``image_size`` larger than ``input_size`` the model takes ``image_size`` images, cuts them into
+    ``input_size`` tiles (anomalib's :class:`~anomalib.data.utils.tiler.Tiler`, :attr:`tiler`), and returns
+    the untiled full-size map (:mod:`anomalib_unias.tiling`).  anomalib's ``TilerConfigurationCallback``
+    may set :attr:`tiler` too; a tiler that does not fit is refused.
 
     Args:
         backbone: The frozen feature network (see :func:`anomalib_unias.backbone.create_backbone`), tapped
             at strides 2, 4, 8 and 16.
-        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224).
+        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224); with tiling, the tile.
+        image_size: Size (H, W) of the images the model takes; ``None`` = ``input_size`` (no tiling).
+        tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).
+        train_tiles: Tiles per image per training step, cut at random positions; ``None`` = every grid tile.
         pixel_dim: Pixel-decoder width (paper: 256).
         hidden_dim: Query width (paper: 256).
         num_heads: Attention heads everywhere (paper: 4).
@@ -168,6 +195,13 @@ class UniASModel(nn.Module):
         jitter_prob: float = 0.5,
         loss_weight: float = 10.0,
         legacy_cos_sign: bool = False,
+        map_fusion: MapFusion = "product",
+        map_strides: Sequence[int] | None = None,
+        hard_mining: float | None = None,
+        hard_mining_warmup: int = 1000,
+        image_size: tuple[int, int] | None = None,
+        tile_stride: tuple[int, int] | None = None,
+        train_tiles: int | None = None,
     ) -> None:
         super().__init__()
         strides = list(backbone.reductions)
@@ -193,15 +227,81 @@ class UniASModel(nn.Module):
             jitter_prob=jitter_prob,
             loss_weight=loss_weight,
             legacy_cos_sign=legacy_cos_sign,
+            map_fusion=map_fusion,
+            map_strides=map_strides,
+            hard_mining=hard_mining,
+            hard_mining_warmup=hard_mining_warmup,
         )
+        self.input_size = self.head.input_size
+        self._tiler: Tiler | None = None
+        self.use_image_size(image_size or self.input_size, tile_stride=tile_stride, train_tiles=train_tiles)
+
+    def use_image_size(
+        self, image_size: Sequence[int], tile_stride: Sequence[int] | None = None, train_tiles: int | None = None
+    ) -> None:
+        """Take ``image_size`` images from now on: tiles of ``input_size`` at ``tile_stride`` when larger.
+
+        ``tile_stride=None`` keeps the stride of the current tiler (e.g. one set by anomalib's
+        ``TilerConfigurationCallback``), else ``input_size``.
+
+        Raises:
+            UniASArgumentError: the tiles cannot cover ``image_size`` (see :func:`check_tiling`).
+        """
+        if tile_stride is None and self._tiler is not None:
+            tile_stride = self.tile_stride
+        self.image_size, stride = check_tiling(
+            input_size=self.input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
+        )
+        self.train_tiles = train_tiles
+        self._tiler = make_tiler(self.input_size, stride) if self.image_size != self.input_size else None
+
+    @property
+    def tiler(self) -> Tiler | None:
+        """Anomalib's tiler of the images into ``input_size`` tiles, or ``None`` (no tiling)."""
+        return self._tiler
+
+    @tiler.setter
+    def tiler(self, tiler: Tiler | None) -> None:
+        """Use ``tiler`` (as anomalib's ``TilerConfigurationCallback`` does), once it is checked to fit.
+
+        Raises:
+            UniASArgumentError: the tile is not ``input_size``, or its tiles do not cover ``image_size``.
+        """
+        if tiler is not None:
+            check_tiler(tiler, self.input_size, self.image_size)
+        self._tiler = tiler
+
+    @property
+    def tile_stride(self) -> tuple[int, int]:
+        """The stride between tiles (``input_size`` when there is no tiler)."""
+        return (self._tiler.stride_h, self._tiler.stride_w) if self._tiler else self.input_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.
 
-        Evaluation never needs gradients, and anomalib's ``TorchInferencer`` calls the model without
-        switching them off (its ``.numpy()`` then fails on tensors that require grad).
+        With a tiler, training reads the batch's tiles (every grid tile, or :attr:`train_tiles` random ones
+        per image) as samples, and evaluation untiles the tiles' maps into the image's map, whose maximum
+        is the image score.  Evaluation never needs gradients, and anomalib's ``TorchInferencer`` calls the
+        model without switching them off (its ``.numpy()`` then fails on tensors that require grad).
         """
+        if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:
+            msg = (
+                f"This UniAS model tiles images of {list(self.image_size)} (its image_size) into "
+                f"{list(self.input_size)} tiles, but got {list(images.shape[-2:])}: resize the images first "
+                "(UniAS's pre-processor does, in anomalib's pipeline and in exported models)."
+            )
+            raise ValueError(msg)
         if self.training:
+            if self._tiler is not None:
+                images = (
+                    random_tiles(images, self.input_size, self.train_tiles)
+                    if self.train_tiles
+                    else self._tiler.tile(images)
+                )
             return self.head(self.backbone(images))
         with torch.no_grad():
-            return self.head(self.backbone(images))
+            if self._tiler is None:
+                return self.head(self.backbone(images))
+            tiles = self.head(self.backbone(self._tiler.tile(images)))
+            anomaly_map = self._tiler.untile(tiles.anomaly_map)
+            return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)

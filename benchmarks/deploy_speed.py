@@ -2,6 +2,8 @@
 
     python benchmarks/deploy_speed.py            # B4 and Lite0 at paper widths, 224 x 224 (tens of minutes)
     python benchmarks/deploy_speed.py --quick    # smoke test of this script: Lite0, tiny widths, 64 x 64
+    python benchmarks/deploy_speed.py --backbones tf_efficientnet_lite0 --size 128 --image-size 256 4096 \
+        --widths cpu --batch-sizes 1    # one 256 x 4096 strip, tiled into 128 x 128 tiles (configs/cpu_tiled.yaml)
 
 Measures, per backbone (random weights: speed does not depend on them):
 
@@ -42,7 +44,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_BATCH_SIZE = 8
 BACKBONES = ("tf_efficientnet_b4", "tf_efficientnet_lite0")
-TINY_WIDTHS = {"pixel_dim": 32, "hidden_dim": 32, "ffn_dim": 64, "num_encoder_layers": 1, "neighbour_size": 3}
+WIDTHS = {
+    "paper": {},
+    "cpu": {"pixel_dim": 64, "hidden_dim": 64, "ffn_dim": 256, "num_encoder_layers": 1, "neighbour_size": 5},
+    "tiny": {"pixel_dim": 32, "hidden_dim": 32, "ffn_dim": 64, "num_encoder_layers": 1, "neighbour_size": 3},
+}
+"""Head widths: the paper's, the CPU recipes' (configs/cpu.yaml, cpu_tiled.yaml), the tests'."""
 REFERENCE = {  # reference code, tf_efficientnet_b4 at 224 x 224, paper widths, 2-core Xeon with AVX-512/VNNI
     "machine": "2-core Xeon, AVX-512/VNNI",
     "eval": {1: 1 / 0.636, 8: 1.63},  # images/s
@@ -110,7 +117,12 @@ def _build_model(spec: dict[str, Any]) -> Any:
     torch.manual_seed(0)
     size = spec["size"]
     return UniAS(
-        backbone=spec["backbone"], pre_trained=False, input_size=(size, size), visualizer=False, **spec["widths"]
+        backbone=spec["backbone"],
+        pre_trained=False,
+        input_size=(size, size),
+        image_size=tuple(spec["image"]),
+        visualizer=False,
+        **WIDTHS[spec["widths"]],
     )
 
 
@@ -122,7 +134,7 @@ def worker_torch_eval(spec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     with torch.inference_mode():
         for batch in spec["batch_sizes"]:
-            images = torch.rand(batch, 3, spec["size"], spec["size"])
+            images = torch.rand(batch, 3, *spec["image"])
             seconds = _time_calls(lambda images=images: model(images), spec["repeats"])
             rows.append({"batch": batch, "images_per_s": batch / seconds, "peak_rss_mib": peak_rss_mib()})
     return rows
@@ -136,7 +148,7 @@ def worker_torch_train(spec: dict[str, Any]) -> list[dict[str, Any]]:
     network = module.model.train()
     optimizer = module.configure_optimizers()["optimizer"]  # the model's own recipe: AdamW, clipping below
     clip = module.trainer_arguments["gradient_clip_val"]
-    images = torch.rand(TRAIN_BATCH_SIZE, 3, spec["size"], spec["size"])
+    images = torch.rand(TRAIN_BATCH_SIZE, 3, *spec["image"])
 
     def step() -> None:
         loss, _ = network(images)
@@ -161,7 +173,7 @@ def worker_openvino(spec: dict[str, Any]) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     rows = []
     for batch in spec["batch_sizes"]:
-        images = rng.random((batch, 3, spec["size"], spec["size"]), dtype=np.float32)
+        images = rng.random((batch, 3, *spec["image"]), dtype=np.float32)
         seconds = _time_calls(lambda images=images: request.infer({0: images}), spec["repeats"])
         rows.append(
             {
@@ -194,8 +206,8 @@ def run_worker(kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def calibration_images(count: int, size: int, folder: Path) -> list[Any]:
-    """``count`` demo training images (all categories), resized (antialiased) to ``size``, as (1, 3, s, s)."""
+def calibration_images(count: int, size: tuple[int, int], folder: Path) -> list[Any]:
+    """``count`` demo training images (all categories), resized (antialiased) to ``size``, as (1, 3, h, w)."""
     from anomalib.data.utils import read_image
     from torch.nn import functional as F  # noqa: N812
 
@@ -207,7 +219,7 @@ def calibration_images(count: int, size: int, folder: Path) -> list[Any]:
     images = []
     for path in files:
         image = read_image(path, as_tensor=True)[None]
-        image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
         images.append(image.clamp(0, 1).numpy())
     return images
 
@@ -216,17 +228,18 @@ def measure_backbone(backbone: str, args: argparse.Namespace, work: Path, calibr
     """Export one backbone, then run every configuration in its own process; returns the result rows."""
     from anomalib_unias.export import export_openvino_precisions
 
-    widths = TINY_WIDTHS if args.quick else {}
-    spec = {"backbone": backbone, "size": args.size, "widths": widths, "threads": args.threads}
-    spec |= {"batch_sizes": args.batch_sizes, "repeats": args.repeats, "train_repeats": max(1, args.repeats // 2)}
-    base = {"backbone": backbone, "size": args.size, "widths": "tiny" if args.quick else "paper"}
+    spec = {"backbone": backbone, "size": args.size, "image": args.image_size, "widths": args.widths}
+    spec |= {"threads": args.threads, "batch_sizes": args.batch_sizes, "repeats": args.repeats}
+    spec["train_repeats"] = max(1, args.repeats // 2)
+    image = "x".join(map(str, args.image_size))
+    base = {"backbone": backbone, "size": args.size, "image": image, "widths": args.widths}
     rows: list[dict] = []
     print(f"[{backbone}] exporting to OpenVINO ...", flush=True)
     paths, seconds = export_openvino_precisions(
         _build_model(spec),
         work / backbone,
         calibration_images=[] if args.skip_int8 else calibration,
-        input_size=(args.size, args.size),
+        input_size=tuple(args.image_size),
         onnx_kwargs={"optimize": False} if args.quick else None,
     )
     rows += [{**base, "mode": "export", "runtime": f"openvino {name}", "seconds": s} for name, s in seconds.items()]
@@ -242,16 +255,22 @@ def measure_backbone(backbone: str, args: argparse.Namespace, work: Path, calibr
 
 
 def _reference_applies(row: dict) -> bool:
-    return row["backbone"] == "tf_efficientnet_b4" and row["size"] == 224 and row["widths"] == "paper"
+    return row["backbone"] == "tf_efficientnet_b4" and row["image"] == "224x224" and row["widths"] == "paper"
 
 
 def markdown_report(rows: list[dict], cpu: dict[str, Any], args: argparse.Namespace) -> str:
     flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in cpu["flags"].items())
     lines = [
-        f"# UniAS deployment speed ({'quick smoke test, tiny widths' if args.quick else 'paper widths'})",
+        f"# UniAS deployment speed ({'quick smoke test, ' if args.quick else ''}{args.widths} widths)",
         "",
         f"CPU: {cpu['name']}, {cpu['cores']} usable cores; {flags}.  Threads: {args.threads}.  "
-        f"Input {args.size} x {args.size}, random weights.  Reference code: {REFERENCE['machine']}, "
+        f"Images {args.image_size[0]} x {args.image_size[1]}"
+        + (
+            f", tiled into {args.size} x {args.size} tiles"
+            if tuple(args.image_size) != (args.size, args.size)
+            else ""
+        )
+        + f"; random weights.  Reference code: {REFERENCE['machine']}, "
         "tf_efficientnet_b4 at 224, PyTorch (a different CPU: compare with care).",
         "",
         "## Inference (whole pipeline: pre-processing, model, anomaly map, post-processing)",
@@ -290,7 +309,7 @@ def markdown_report(rows: list[dict], cpu: dict[str, Any], args: argparse.Namesp
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    fields = ["backbone", "size", "widths", "mode", "runtime", "execution_precision", "batch"]
+    fields = ["backbone", "size", "image", "widths", "mode", "runtime", "execution_precision", "batch"]
     fields += ["images_per_s", "seconds_per_step", "seconds", "peak_rss_mib"]
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
@@ -303,7 +322,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbones", nargs="+", default=None, help=f"default: {' '.join(BACKBONES)} (--quick: lite0)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measure (default 6, --quick 3)")
-    parser.add_argument("--size", type=int, default=None, help="input side (default 224, --quick 64)")
+    parser.add_argument("--size", type=int, default=None, help="model input side (default 224, --quick 64)")
+    parser.add_argument(
+        "--image-size", nargs=2, type=int, default=None, metavar=("H", "W"), help="images; larger: tiled"
+    )
+    parser.add_argument("--widths", choices=list(WIDTHS), default=None, help="head widths (paper; --quick: tiny)")
     parser.add_argument("--skip-int8", action="store_true", help="no OpenVINO INT8 model")
     parser.add_argument("--calibration-images", type=int, default=None, help="INT8 calibration (default 16, --quick 4)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -315,6 +338,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (3 if quick else 6)
     args.size = args.size or (64 if quick else 224)
     args.calibration_images = args.calibration_images or (4 if quick else 16)
+    args.image_size = args.image_size or [args.size, args.size]
+    args.widths = args.widths or ("tiny" if quick else "paper")
     if args.size % 16:
         parser.error("--size must be a multiple of 16")
     return args
@@ -327,13 +352,17 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="unias_deploy_speed_") as tmp:
         work = Path(tmp)
-        calibration = [] if args.skip_int8 else calibration_images(args.calibration_images, args.size, work / "demo")
+        calibration = (
+            [] if args.skip_int8 else calibration_images(args.calibration_images, tuple(args.image_size), work / "demo")
+        )
         for backbone in args.backbones:
             rows += measure_backbone(backbone, args, work, calibration)
     report = markdown_report(rows, cpu, args)
     print(report)
     args.output.mkdir(parents=True, exist_ok=True)
     stem = "deploy_speed_quick" if args.quick else "deploy_speed"
+    if tuple(args.image_size) != (args.size, args.size):
+        stem += f"_tiled_{args.image_size[0]}x{args.image_size[1]}"
     write_csv(rows, args.output / f"{stem}.csv")
     (args.output / f"{stem}.md").write_text(report)
     print(f"Wrote {args.output / stem}.csv and .md in {time.perf_counter() - start:.0f} s")

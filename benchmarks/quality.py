@@ -44,6 +44,8 @@ import numpy as np
 import timm
 import torch
 import yaml
+from anomalib.callbacks import TilerConfigurationCallback
+from anomalib.data import ImageBatch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.engine import Engine
 from anomalib.models import Padim, Patchcore
@@ -53,17 +55,31 @@ from sklearn.metrics import average_precision_score
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_unias import UniAS
+from anomalib_unias.backbone import FrozenBackbone, feature_network, install_bundled_weights
 from anomalib_unias.data import UnifiedFolder
-from anomalib_unias.lightning_model import IMAGENET_MEAN, IMAGENET_STD
+from anomalib_unias.lightning_model import RESOLUTION_SAMPLE
 from anomalib_unias.metrics import unias_evaluator
 from anomalib_unias.post_processor import UniASPostProcessor
-from anomalib_unias.weights import install_bundled_weights
+from anomalib_unias.resolution import auto_image_size, image_sizes
+from anomalib_unias.validation import LEVEL_STRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "mtd"
 MODELS = ("unias", "patchcore", "padim")
 METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 PANEL_IMAGES_PER_DEFECT = 2
+BASELINE_BACKBONE = "tf_efficientnet_lite0"
+FUSIONS = {
+    "product": ("product", None),
+    "mean": ("mean", None),
+    "product_16_8": ("product", (0, 1)),
+    "mean_16_8": ("mean", (0, 1)),
+    **{f"stride{stride} alone": ("product", (level,)) for level, stride in enumerate(LEVEL_STRIDES)},
+}
+"""Map fusions scored from the same reconstructions: (fusion, fused levels).  A level alone is its smoothed
+map, as it enters the paper's product."""
+CURVE_FUSIONS = ("configured", "product", "mean", "product_16_8", "mean_16_8", "stride16 alone")
+CURVE_METRICS = ("pixel_AP", "DSC", "F1max_Dice")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +108,7 @@ def greedy_coreset(features: torch.Tensor, size: int, generator: torch.Generator
 def patchcore(layers: Sequence[str], coreset_ratio: float, seed: int, **common: Any) -> Patchcore:
     """Anomalib's ``Patchcore`` on Lite0 whose coreset comes from :func:`greedy_coreset`."""
     model = Patchcore(
-        backbone="tf_efficientnet_lite0",
+        backbone=BASELINE_BACKBONE,
         layers=list(layers),
         coreset_sampling_ratio=coreset_ratio,
         num_neighbors=9,
@@ -122,9 +138,9 @@ def stable_inverse(covariance: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 def padim(layers: Sequence[str], **common: Any):  # noqa: ANN201
     """Anomalib's ``Padim`` on Lite0 (all features) with the covariance inverse of :func:`stable_inverse`."""
-    channels = timm.create_model("tf_efficientnet_lite0", features_only=True, pretrained=False).feature_info
+    channels = timm.create_model(BASELINE_BACKBONE, features_only=True, pretrained=False).feature_info
     all_features = sum(info["num_chs"] for info in channels.get_dicts() if info["module"] in layers)
-    model = Padim(backbone="tf_efficientnet_lite0", layers=list(layers), n_features=all_features, **common)
+    model = Padim(backbone=BASELINE_BACKBONE, layers=list(layers), n_features=all_features, **common)
     gaussian = model.model.gaussian
 
     def forward(embedding: torch.Tensor) -> list[torch.Tensor]:
@@ -168,70 +184,107 @@ class LearningCurve(Callback):
         if epoch not in self.curve_epochs:
             return
         start = time.perf_counter()
-        values = evaluate(pl_module, self.datamodule, unias_evaluator(per_category=False))
-        self.rows.append({"epoch": epoch, "train_seconds": round(self.train_seconds, 1), "train_loss": loss, **values})
-        print(
-            f"  test at epoch {epoch}: "
-            + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
-            + f" ({time.perf_counter() - start:.0f} s)",
-            flush=True,
+        variants = evaluate(pl_module, self.datamodule)
+        values = variants["configured (holdout)"]
+        self.rows.append(
+            {
+                "epoch": epoch,
+                "train_seconds": round(self.train_seconds, 1),
+                "train_loss": loss,
+                **values,
+                "fusions": variants,
+            }
         )
+        for name, scores in variants.items():
+            print(
+                f"  test at epoch {epoch} ({name}): "
+                + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items())
+                + f" ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
         pl_module.train()
         pl_module.model.backbone.eval()
 
 
 @torch.no_grad()
-def evaluate(model, datamodule, evaluator) -> dict[str, float]:  # noqa: ANN001
-    """Score the test set with ``evaluator``'s metrics on the model's raw maps (outside Lightning)."""
-    model.eval()
-    for metric in evaluator.test_metrics:
-        metric.reset()
-    for batch in datamodule.test_dataloader():
-        predictions = model.model(model.pre_processor.transform(batch.image))
-        scored = batch.update(anomaly_map=predictions.anomaly_map.squeeze(1), pred_score=predictions.pred_score)
-        for metric in evaluator.test_metrics:
-            metric.update(scored)
-    return {metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in METRICS}
+def fused_maps(model: UniAS, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The test maps of the model's own fusion ("configured") and every :data:`FUSIONS` variant.
+
+    All come from one reconstruction of the (tiled) images; each fused map is untiled like the model's.
+    """
+    torch_model, generator = model.model, model.model.head.anomaly_map
+    tiles = torch_model.tiler.tile(images) if torch_model.tiler else images
+    result = torch_model.head.reconstruct(torch_model.backbone(tiles))
+    levels = generator.level_maps(result.reconstructions, result.targets)
+    configured = generator.fusion, generator.fused_levels
+    maps = {}
+    for name, (fusion, fused_levels) in {"configured": configured, **FUSIONS}.items():
+        generator.fusion, generator.fused_levels = fusion, fused_levels or tuple(range(len(levels)))
+        fused = generator.fuse(levels)
+        maps[name] = torch_model.tiler.untile(fused) if torch_model.tiler else fused
+    generator.fusion, generator.fused_levels = configured
+    return maps
+
+
+HALVES = ("select", "holdout")
+"""The test set's two halves: recipes are chosen on ``select``; the final table reports ``holdout``."""
+
+
+def assign_halves(paths: Sequence[str]) -> dict[str, str]:
+    """Each test image's half: alternate images (sorted by name, the first ``select``) in each defect folder."""
+    by_folder: dict[str, list[str]] = {}
+    for path in sorted(paths):
+        by_folder.setdefault(str(Path(path).parent), []).append(path)
+    return {path: HALVES[index % 2] for folder in by_folder.values() for index, path in enumerate(folder)}
+
+
+def keep_half(datamodule: AnomalibDataModule, half: str) -> None:
+    """Restrict the (set-up) data module's test and validation sets to one half of the test images."""
+    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    for dataset in (datamodule.test_data, getattr(datamodule, "val_data", None)):
+        if dataset is not None:
+            keep = dataset.samples.image_path.map(halves).eq(half)
+            dataset.samples = dataset.samples[keep].reset_index(drop=True)
 
 
 @torch.no_grad()
-def level_diagnostics(model: UniAS, datamodule: AnomalibDataModule) -> dict[str, float]:
-    """Why the fused map scores what it scores, on the raw maps at model resolution.
-
-    The test pAP of each level's map alone, of the paper's product, and of the product without a border
-    band (1/16 of each side), plus how much hotter the product is in that band than inside.
-    """
+def evaluate(
+    model: UniAS,
+    datamodule: AnomalibDataModule,
+    fusions: Sequence[str] = CURVE_FUSIONS,
+    metrics: Sequence[str] = CURVE_METRICS,
+) -> dict[str, dict[str, float]]:
+    """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category)."""
     model.eval()
-    head = model.model.head
-    levels: list[list[np.ndarray]] = [[] for _ in range(4)]
-    fused, masks = [], []
+    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    evaluators = {(name, half): unias_evaluator(per_category=False) for name in fusions for half in HALVES}
     for batch in datamodule.test_dataloader():
-        features = model.model.backbone(model.pre_processor.transform(batch.image))
-        result = head.reconstruct(features)
-        size = tuple(batch.image.shape[-2:])
-        fused.append(head.anomaly_map(result.reconstructions, result.targets).squeeze(1).numpy())
-        for level, (reconstruction, target) in enumerate(zip(result.reconstructions, result.targets, strict=True)):
-            distance = 1 - torch.nn.functional.cosine_similarity(reconstruction, target, dim=1)
-            levels[level].append(
-                torch.nn.functional.interpolate(distance[:, None], size=size, mode="bilinear")[:, 0].numpy()
-            )
-        masks.append(batch.gt_mask.reshape(-1, *size).bool().numpy())
-    truth = np.concatenate(masks)
-    product = np.concatenate(fused)
-    band = max(1, truth.shape[1] // 16), max(1, truth.shape[2] // 16)
-    inner = (slice(None), slice(band[0], -band[0]), slice(band[1], -band[1]))
-    border = np.ones(truth.shape[1:], dtype=bool)
-    border[band[0] : -band[0], band[1] : -band[1]] = False
-    values = {
-        f"level{level} (stride {16 // 2**level}) alone": average_precision_score(
-            truth.ravel(), np.concatenate(maps).ravel()
-        )
-        for level, maps in enumerate(levels)
+        image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        half_of = [halves[str(path)] for path in batch.image_path]
+        for name, anomaly_map in fused_maps(model, image).items():
+            if name not in fusions:
+                continue
+            for half in HALVES:
+                index = [i for i, h in enumerate(half_of) if h == half]
+                if not index:
+                    continue
+                part = ImageBatch(
+                    image=image[index],
+                    gt_mask=gt_mask[index],
+                    gt_label=batch.gt_label[index],
+                    image_path=[batch.image_path[i] for i in index],
+                    anomaly_map=anomaly_map[index].squeeze(1),
+                    pred_score=anomaly_map[index].flatten(1).amax(1),
+                )
+                for metric in evaluators[name, half].test_metrics:
+                    if metric.name in metrics:
+                        metric.update(part)
+    return {
+        f"{name} ({half})": {
+            metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in metrics
+        }
+        for (name, half), evaluator in evaluators.items()
     }
-    values["product (the paper's map)"] = average_precision_score(truth.ravel(), product.ravel())
-    values["product without the border band"] = average_precision_score(truth[inner].ravel(), product[inner].ravel())
-    values["border band / inside, mean map ratio"] = float(product[:, border].mean() / product[:, ~border].mean())
-    return {key: float(value) for key, value in values.items()}
 
 
 def load_recipe(recipe: Path, overrides: Sequence[str], max_epochs: int | None) -> dict[str, Any]:
@@ -258,6 +311,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     output = Path(args.output)
     recipe = load_recipe(Path(args.recipe), args.set, args.max_epochs)
     input_size = tuple(recipe["model"].get("input_size", (224, 224)))
+    tile_stride = tuple(recipe["model"].get("tile_stride") or input_size)
     seed_everything(args.seed, workers=True)
     datamodule = UnifiedFolder(
         root=args.root,
@@ -266,16 +320,29 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         num_workers=0,
         seed=args.seed,
     )
+    image_size = recipe["model"].get("image_size") or input_size
+    if image_size == "auto":  # resolved here, once, so that every model works at the same resolution
+        datamodule.setup()
+        paths = list(datamodule.train_data.samples.image_path) + list(datamodule.test_data.samples.image_path)
+        image_size = auto_image_size(image_sizes(paths[:RESOLUTION_SAMPLE]), input_size, tile_stride)
+        recipe["model"]["image_size"] = list(image_size)
+    image_size = tuple(image_size)
+    # Every model gets the statistics its (Lite0) weights were trained with, and the same resize.
+    mean, std = FrozenBackbone(feature_network(BASELINE_BACKBONE)).input_statistics
     common = {
         "pre_processor": PreProcessor(
-            transform=Compose(
-                [Resize(input_size, antialias=args.antialias), Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
-            )
+            transform=Compose([Resize(image_size, antialias=args.antialias), Normalize(mean=mean, std=std)])
         ),
         "post_processor": UniASPostProcessor(),
         "evaluator": unias_evaluator(),
         "visualizer": False,
     }
+    # The baselines tile as UniAS does (anomalib's tiler; UniAS sets its own from image_size/tile_stride).
+    tiling = (
+        [TilerConfigurationCallback(enable=True, tile_size=input_size, stride=tile_stride)]
+        if image_size != input_size and name != "unias"
+        else []
+    )
     curve = None
     if name == "unias":
         model = UniAS(**recipe["model"], **common)
@@ -316,16 +383,27 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         default_root_dir=output / "runs" / name,
         logger=False,
         enable_progress_bar=False,
-        callbacks=[collector] if curve is None else [curve, collector],
+        callbacks=[*tiling, collector] if curve is None else [curve, collector],
         check_val_every_n_epoch=10**6,  # UniAS: no validation pass during training (the curve scores the test set)
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
+    # UniAS's map fusions on both test halves (before the test set is split for the two tests below).
+    levels = evaluate(model, datamodule, fusions=list(FUSIONS), metrics=METRICS) if name == "unias" else {}
+    everything = {split: getattr(datamodule, split).samples for split in ("test_data", "val_data")}
+    keep_half(datamodule, "select")
+    selection = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    for split, samples in everything.items():
+        getattr(datamodule, split).samples = samples
+    keep_half(datamodule, "holdout")
+    collector.clear()
     start = time.perf_counter()
     results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     test_seconds = time.perf_counter() - start
     metrics = {metric: results.get(f"{metric}/mean", results.get(metric, float("nan"))) for metric in METRICS}
+    selection = {metric: float(selection.get(f"{metric}/mean", float("nan"))) for metric in METRICS}
+    per_category = {key: float(value) for key, value in results.items() if "/" in key and not key.endswith("/mean")}
     summary = {
         "model": name,
         **{metric: float(value) for metric, value in metrics.items()},
@@ -335,15 +413,18 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "test_images": len(collector.paths),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "input_size": list(input_size),
+        "image_size": list(image_size),
+        "tile_stride": list(tile_stride),
         "settings": settings,
+        "selection_half": selection,
     }
-    levels = level_diagnostics(model, datamodule) if name == "unias" else {}
     (output / f"{name}.json").write_text(
         json.dumps(
             {
                 "summary": summary,
                 "curve": curve.rows if curve else [],
                 "per_defect": collector.per_defect_ap(),
+                "per_category": per_category,
                 "levels": levels,
             },
             indent=1,
@@ -357,6 +438,10 @@ class MapCollector(Callback):
     """Keep every test map (rank-preserving normalised) with its mask and path."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the maps collected so far."""
         self.maps: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.paths: list[str] = []
@@ -450,10 +535,16 @@ def write_report(output: Path, names: Sequence[str]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in job["summary"]["settings"].items())
         lines.append(f"- {LABELS[name]}: {settings}")
     test_images = {job["summary"]["test_images"] for job in jobs.values()}
+    first = next(iter(jobs.values()))["summary"]
+    tiling = (
+        f"; images resized to {'x'.join(map(str, first['image_size']))}, tiles of "
+        f"{'x'.join(map(str, first['input_size']))} at stride {'x'.join(map(str, first['tile_stride']))}"
+        if first.get("image_size", first["input_size"]) != first["input_size"]
+        else ""
+    )
     lines.append(
-        f"- test images: {', '.join(map(str, test_images))}; input size "
-        f"{'x'.join(map(str, next(iter(jobs.values()))['summary']['input_size']))}; CPU: {cpu_name()}, "
-        f"{os.cpu_count()} cores"
+        f"- test images: {', '.join(map(str, test_images))} (the held-out half of the test set); input size "
+        f"{'x'.join(map(str, first['input_size']))}{tiling}; CPU: {cpu_name()}, {os.cpu_count()} cores"
     )
     (output / "quality.csv").write_text("\n".join(csv_rows) + "\n")
 
@@ -469,15 +560,36 @@ def write_report(output: Path, names: Sequence[str]) -> str:
         "pAP (%) per defect type: that type's test images plus all good test images.\n\n" + "\n".join(per_defect) + "\n"
     )
     markdown = "\n".join(lines) + "\n"
+    categories = sorted(
+        {key.split("/", 1)[1] for job in jobs.values() for key in job.get("per_category", {}) if "/" in key}
+    )
+    if len(categories) > 1:
+        header = "| model | " + " | ".join(f"{c} pAP | {c} F1max-Dice" for c in categories) + " |"
+        table = [header, "|---" * (2 * len(categories) + 1) + "|"]
+        csv_lines = [",".join(["model", *(f"{c} {m}" for c in categories for m in ("pAP", "F1max_Dice"))])]
+        for name, job in jobs.items():
+            values = job.get("per_category", {})
+            cells = [
+                f"{100 * values.get(f'{metric}/{c}', float('nan')):.2f}"
+                for c in categories
+                for metric in ("pixel_AP", "F1max_Dice")
+            ]
+            table.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+            csv_lines.append(",".join([LABELS[name], *cells]))
+        (output / "per_category.csv").write_text("\n".join(csv_lines) + "\n")
+        (output / "per_category.md").write_text("Per category (%), held-out test half.\n\n" + "\n".join(table) + "\n")
+        markdown += "\n" + "\n".join(table) + "\n"
     (output / "quality.md").write_text(markdown)
     if "unias" in jobs:
         plot_learning_curve(output, jobs)
     plot_panel(output, [name for name in ("unias", "patchcore") if (output / f"{name}_maps.npz").exists()])
     if "unias" in jobs and jobs["unias"].get("levels"):
-        diagnostics = ["| UniAS map (test set) | pAP (%), or ratio |", "|---|---|"]
+        fusions = jobs["unias"]["levels"]
+        diagnostics = ["| UniAS map of the final model (test set) | " + " | ".join(METRICS) + " |"]
+        diagnostics.append("|---" * (len(METRICS) + 1) + "|")
         diagnostics += [
-            f"| {key} | {value:.2f} |" if "ratio" in key else f"| {key} | {100 * value:.2f} |"
-            for key, value in jobs["unias"]["levels"].items()
+            f"| {fusion} | " + " | ".join(f"{100 * values[m]:.2f}" for m in METRICS) + " |"
+            for fusion, values in fusions.items()
         ]
         (output / "levels.md").write_text("\n".join(diagnostics) + "\n")
         markdown += "\n" + "\n".join(diagnostics) + "\n"
@@ -535,6 +647,23 @@ def plot_learning_curve(output: Path, jobs: dict[str, dict]) -> None:
     plt.close(figure)
 
 
+def defect_window(mask: np.ndarray, context: int = 3, min_side: int = 96) -> tuple[slice, slice]:
+    """The part of an image worth showing: ``context`` times the defect's box, at least ``min_side`` px.
+
+    A 4096 x 256 strip with a 10-px defect is unreadable whole; small images are shown whole.
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return slice(0, mask.shape[0]), slice(0, mask.shape[1])
+    window = []
+    for positions, length in ((rows, mask.shape[0]), (cols, mask.shape[1])):
+        centre = (int(positions.min()) + int(positions.max())) // 2
+        side = min(length, max(min_side, context * (int(positions.max()) - int(positions.min()) + 1)))
+        start = min(max(0, centre - side // 2), length - side)
+        window.append(slice(start, start + side))
+    return window[0], window[1]
+
+
 def plot_panel(output: Path, names: Sequence[str]) -> None:
     """Image, ground truth and each model's map for the panel images (two per defect type)."""
     if not names:
@@ -548,18 +677,24 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
     data = {name: np.load(output / f"{name}_maps.npz") for name in names}
     paths = [str(p) for p in data[names[0]]["paths"]]
     columns = 2 + len(names)
-    figure, axes = plt.subplots(len(paths), columns, figsize=(2.1 * columns, 2.1 * len(paths)), squeeze=False)
-    for row, path in enumerate(paths):
+    crops = [defect_window(mask) for mask in data[names[0]]["masks"]]
+    aspect = max((window[1].stop - window[1].start) / (window[0].stop - window[0].start) for window in crops)
+    cell = (2.1 * min(aspect, 3.0), 2.1)
+    figure, axes = plt.subplots(
+        len(paths), columns, figsize=(cell[0] * columns, cell[1] * len(paths)), squeeze=False
+    )
+    for row, (path, window) in enumerate(zip(paths, crops, strict=True)):
         mask = data[names[0]]["masks"][row]
         image = Image.open(path).convert("RGB").resize(mask.shape[::-1])
+        zoom = "" if window == (slice(0, mask.shape[0]), slice(0, mask.shape[1])) else " (zoom)"
         panels = [
-            (np.asarray(image), f"{Path(path).parent.name}/{Path(path).name}", None),
-            (mask, "ground truth", "gray"),
+            (np.asarray(image)[window], f"{Path(path).parent.name}/{Path(path).name}{zoom}", None),
+            (mask[window], "ground truth", "gray"),
         ]
-        panels += [(data[name]["maps"][row], LABELS[name], "jet") for name in names]
+        panels += [(data[name]["maps"][row][window], LABELS[name], "jet") for name in names]
         for column, (picture, title, cmap) in enumerate(panels):
             axis = axes[row, column]
-            axis.imshow(picture, cmap=cmap)
+            axis.imshow(picture, cmap=cmap, aspect="equal")
             axis.set_title(title, fontsize=7)
             axis.axis("off")
     figure.tight_layout()
@@ -596,7 +731,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     forwarded = list(argv if argv is not None else sys.argv[1:])
     for name in args.models:
         print(f"=== {LABELS[name]} ===", flush=True)
-        result = subprocess.run([sys.executable, __file__, *forwarded, "--job", name], check=False)
+        # Offline, as UniAS: every backbone's weights come from the bundled files (HF cache), never the hub.
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run([sys.executable, __file__, *forwarded, "--job", name], check=False, env=environment)
         if result.returncode != 0:
             print(f"{LABELS[name]} failed (exit {result.returncode}); its row is missing.", flush=True)
     print(write_report(output, args.models))

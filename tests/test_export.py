@@ -32,7 +32,7 @@ from lightning.pytorch import seed_everything
 from anomalib_unias import UniAS
 from anomalib_unias import export as export_module
 from anomalib_unias.data import UniASDemo
-from anomalib_unias.lightning_model import IMAGENET_MEAN, INT8_VARIANTS
+from anomalib_unias.lightning_model import INT8_VARIANTS
 
 from .tiny import TINY_UNIAS
 
@@ -236,10 +236,12 @@ def test_exported_graph_holds_pre_and_post_processing(fp32_xml: Path) -> None:
     ops = model.get_ordered_ops()
     resized = [str(op.get_output_partial_shape(0)) for op in ops if op.get_type_name() == "Interpolate"]
     assert "[?,3,64,64]" in resized, "no resize of the input image to 64 x 64 in the graph"
-    # OpenVINO folds the division by the std into the first convolution; the mean subtraction stays.
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    # OpenVINO folds the division by the std into the first convolution; the mean subtraction stays.  Lite0's
+    # weights expect (x - 0.5) / 0.5 (timm's pretrained_cfg), not ImageNet's statistics.
     constants = [op.get_data().ravel() for op in ops if op.get_type_name() == "Constant" and op.get_output_size() == 1]
-    assert any(c.size == 3 and np.allclose(np.abs(c), mean, atol=1e-6) for c in constants), "no ImageNet mean"
+    three = [np.abs(c) for c in constants if c.size == 3]
+    assert any(np.allclose(c, 0.5, atol=1e-6) for c in three), "no Lite0 mean (0.5) in the graph"
+    assert not any(np.allclose(c, [0.485, 0.456, 0.406], atol=1e-6) for c in three), "ImageNet mean in the graph"
 
 
 def test_inferencer_reads_files_like_read_image_as_tensor(image_files: list[Path]) -> None:

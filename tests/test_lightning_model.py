@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from anomalib.data import ImageBatch
+from lightning.pytorch import Callback
 
 from anomalib_unias import UniAS
 
@@ -124,3 +125,61 @@ def test_foreach_optimiser_and_clipping_equal_the_per_tensor_recipe() -> None:
             opt.step()
     for (name, mine), theirs in zip(ours.model.named_parameters(), reference.model.parameters(), strict=True):
         assert torch.allclose(mine, theirs, rtol=0, atol=1e-7), name
+
+
+def _normalisation(model: UniAS) -> tuple[list[float], list[float]]:
+    (normalize,) = [t for t in model.pre_processor.transform.transforms if type(t).__name__ == "Normalize"]
+    return list(normalize.mean), list(normalize.std)
+
+
+def test_normalisation_follows_the_backbone_lite_half_b4_imagenet(model: UniAS) -> None:
+    """timm's Lite ports were trained on (x - 0.5) / 0.5; B4 (the paper's) on ImageNet statistics."""
+    assert _normalisation(model) == ([0.5] * 3, [0.5] * 3)
+    assert (model.hparams["input_mean"], model.hparams["input_std"]) == ((0.5,) * 3, (0.5,) * 3)
+    b4 = UniAS(backbone="tf_efficientnet_b4", pre_trained=False, **TINY)
+    assert _normalisation(b4) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    chosen = UniAS(backbone="tf_efficientnet_lite0", input_mean=(0.1, 0.2, 0.3), input_std=(1, 2, 3), **TINY)
+    assert _normalisation(chosen) == ([0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(("argument", "value"), [("input_mean", (0.5, 0.5)), ("input_std", (0.5, 0.0, 0.5))])
+def test_bad_normalisation_is_refused_by_name(argument: str, value: tuple) -> None:
+    with pytest.raises(ValueError, match=rf"UniAS argument {argument}="):
+        UniAS(backbone="tf_efficientnet_lite0", pre_trained=False, **{argument: value}, **TINY)
+
+
+class _FirstTrainingBatch(Callback):
+    """Keep the first training batch's image as ``training_step`` receives it (after the pre-processor)."""
+
+    image: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        del trainer, pl_module, outputs, batch_idx
+        if self.image is None:
+            self.image = batch.image.clone()
+
+
+def test_training_and_checkpoint_use_the_backbone_statistics(tmp_path, demo_root) -> None:
+    """A real fit step sees (x - 0.5) / 0.5 for Lite0, and the checkpoint restores the same transform."""
+    from anomalib.engine import Engine
+
+    from anomalib_unias.data import UniASDemo
+
+    seen = _FirstTrainingBatch()
+    datamodule = UniASDemo(root=demo_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = UniAS(backbone="tf_efficientnet_lite0", visualizer=False, **TINY)
+    engine = Engine(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, default_root_dir=tmp_path, logger=False,
+        callbacks=[seen], enable_progress_bar=False,
+    )  # fmt: skip
+    engine.fit(model=model, datamodule=datamodule)
+    datamodule.setup("fit")
+    raw = torch.cat([batch.image for batch in datamodule.train_dataloader()])  # shuffled: find the seen image
+    resized = torch.nn.functional.interpolate(raw, size=TINY["input_size"], mode="bilinear", antialias=False)
+    closest = ((resized - 0.5) / 0.5 - seen.image[:1]).abs().flatten(1).amax(1).min()
+    assert closest < 1e-5
+    imagenet = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert ((resized - imagenet[0]) / imagenet[1] - seen.image[:1]).abs().flatten(1).amax(1).min() > 0.1
+    (checkpoint,) = tmp_path.rglob("model.ckpt")
+    loaded = UniAS.load_from_checkpoint(checkpoint)
+    assert _normalisation(loaded) == ([0.5] * 3, [0.5] * 3)

@@ -4,8 +4,8 @@ Commands are taken from the README itself, so a command added there is run here.
 ``pip install ...`` (what CI does first) and ``python -m pytest`` (this suite).  Commands run as written
 unless a budget below shortens them: long trainings get one epoch of a few steps (the command, its
 config, data module and outputs are what is checked, not the length), the benchmark script gets tiny
-widths.  Data the README points at is provided in the copy: ``../shared/data/mtd`` (the real MTD when
-it lies beside this repository, else a generated stand-in in its layout) and stand-ins for MVTec AD and
+widths.  Data the README points at is provided in the copy: ``../shared/data/mtd`` and ``../shared/data/aitex``
+(the real sets when they lie beside this repository, else generated stand-ins in their layout) and stand-ins for MVTec AD and
 VisA in the configs' default roots; the paper configs build their B4 backbone with
 ``pre_trained false`` (no network here).  The demo (the README's first command) runs fully as written,
 and its checkpoint serves the test, predict, export and resume commands.
@@ -29,6 +29,7 @@ from .tiny import TINY_UNIAS
 
 README = REPO / "README.md"
 REAL_MTD = REPO.parent / "shared" / "data" / "mtd"
+REAL_AITEX = REPO.parent / "shared" / "data" / "aitex"
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
          "--trainer.limit_test_batches", "2"]  # fmt: skip
 PAPER = [*SHORT, "--model.pre_trained", "false", "--data.num_workers", "0", "--data.train_batch_size", "2",
@@ -37,6 +38,7 @@ TINY = ["--set", *(f"{key}={list(value) if isinstance(value, tuple) else value}"
                    for key, value in TINY_UNIAS.items() if key != "backbone")]  # fmt: skip
 BUDGETS = {  # command prefix -> arguments appended
     "anomalib train --config configs/cpu.yaml": SHORT,
+    "anomalib train --config configs/cpu_tiled.yaml": SHORT,
     "anomalib train --config configs/mtd.yaml": SHORT,
     "anomalib train --config configs/unias.yaml": PAPER,
     "anomalib train --config configs/unias_visa.yaml": PAPER,
@@ -85,6 +87,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mtd.symlink_to(REAL_MTD)
     else:
         stand_in(template, mtd, ["magnetic_tile"])
+    aitex = work / "shared" / "data" / "aitex"
+    if REAL_AITEX.is_dir():
+        aitex.symlink_to(REAL_AITEX)
+    else:
+        stand_in(template, aitex, ["fabric01", "fabric02"])
     stand_in(template, repo / "datasets" / "MVTecAD", MVTEC_CATEGORIES)
     stand_in(template, repo / "datasets" / "visa" / "visa_pytorch", VISA_CATEGORIES)
     return repo

@@ -7,7 +7,7 @@ network, :mod:`.state_dict` reads weights files, :mod:`.lukemelas` renames Effic
 
 from .bundled import BUNDLED_LITE, bundled_state_dict, bundled_weights_file, install_bundled_weights
 from .factory import check_backbone_name, create_backbone
-from .frozen import DEFAULT_OUT_INDICES, FrozenBackbone, feature_network
+from .frozen import DEFAULT_OUT_INDICES, IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, feature_network
 from .hub import HUB_TIMEOUT_S, WeightsUnavailableError, hub_weights_file
 from .state_dict import WeightsMismatchError, load_weights, read_state_dict
 
@@ -15,6 +15,8 @@ __all__ = [
     "BUNDLED_LITE",
     "DEFAULT_OUT_INDICES",
     "HUB_TIMEOUT_S",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "FrozenBackbone",
     "WeightsMismatchError",
     "WeightsUnavailableError",

@@ -19,6 +19,10 @@ from torch import nn
 DEFAULT_OUT_INDICES = (0, 1, 2, 3)
 """timm feature indices of the four taps (EfficientNet: strides 2, 4, 8, 16)."""
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet input statistics: what a backbone whose timm config names none was trained with."""
+
 
 class FrozenBackbone(nn.Module):
     """Wrap a timm feature network, frozen and always in eval mode.
@@ -42,6 +46,18 @@ class FrozenBackbone(nn.Module):
     def reductions(self) -> list[int]:
         """Strides of the taps, fine to coarse."""
         return list(self.network.feature_info.reduction())
+
+    @property
+    def input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` of the RGB inputs the weights were trained on, from timm's ``pretrained_cfg``.
+
+        EfficientNet-Lite0/1/2 (TF ports) expect mean = std = 0.5; EfficientNet-B4 (the paper's) and most
+        other timm CNNs ImageNet's statistics, which are also the fallback when timm names none.  The
+        frozen BatchNorm statistics of the weights only fit inputs normalised this way.
+        """
+        config = getattr(self.network, "pretrained_cfg", None) or {}
+        mean, std = config.get("mean") or IMAGENET_MEAN, config.get("std") or IMAGENET_STD
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def train(self, mode: bool = True) -> FrozenBackbone:  # noqa: ARG002
         """Keep the backbone in eval mode whatever ``mode`` is asked for."""

@@ -1,0 +1,100 @@
+"""Warn when the working resolution erases what the images show.
+
+UniAS (like every anomalib model) resizes each image to one working resolution.  When that shrinks an
+axis many times, or squashes a tall or wide image into a square, thin cracks and small pits become a
+pixel or nothing, and the maps go flat (seen on real 500 x 1258 and 1130 x 460 sets: pixel AP ~2 %).
+:func:`resolution_advice` compares the data's typical image size with the model's and, past a shrink
+of :data:`MAX_SHRINK` or an aspect change of :data:`MAX_ASPECT_CHANGE`, says so with the numbers and the
+settings that keep the detail (a larger ``image_size`` with tiling at the same ``input_size``).
+:func:`auto_image_size` picks that working resolution for ``image_size="auto"``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+MAX_SHRINK = 4.0
+"""Largest per-axis shrink factor (image side / working side) accepted without a warning."""
+MAX_ASPECT_CHANGE = 2.0
+"""Largest change of the aspect ratio (either way) accepted without a warning."""
+AUTO_MAX_PIXELS = 1_500_000
+"""``image_size="auto"`` keeps the images' typical size unless it exceeds this many pixels (then scales down)."""
+
+
+def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
+    """``(height, width)`` of each image file, read from its header only (no decoding)."""
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = image.size
+        sizes.append((height, width))
+    return sizes
+
+
+def _round_to_tiles(edge: float, tile: int, stride: int | None = None) -> int:
+    """The edge closest to ``edge`` that tiles of ``tile`` at ``stride`` (default: ``tile``) cover exactly."""
+    stride = stride or tile
+    return tile + max(0, round((edge - tile) / stride)) * stride
+
+
+def typical_size(sizes: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Median height and median width of ``sizes``."""
+    return statistics.median(h for h, _ in sizes), statistics.median(w for _, w in sizes)
+
+
+def auto_image_size(
+    sizes: Sequence[tuple[int, int]], input_size: Sequence[int], tile_stride: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """The working resolution for ``image_size="auto"``: the images' typical size, on the tile grid.
+
+    The median height and width (scaled down, aspect kept, to at most :data:`AUTO_MAX_PIXELS`), each
+    rounded to the nearest size that ``input_size`` tiles at ``tile_stride`` cover exactly.
+
+    Raises:
+        ValueError: ``sizes`` is empty (no image to read the size from).
+    """
+    if not sizes:
+        msg = "UniAS image_size='auto' reads the data's image sizes, but the data module has no images."
+        raise ValueError(msg)
+    height, width = typical_size(sizes)
+    scale = min(1.0, (AUTO_MAX_PIXELS / (height * width)) ** 0.5)
+    stride = tuple(tile_stride) if tile_stride is not None else tuple(input_size)
+    return (
+        _round_to_tiles(height * scale, input_size[0], stride[0]),
+        _round_to_tiles(width * scale, input_size[1], stride[1]),
+    )
+
+
+def resolution_advice(
+    sizes: Sequence[tuple[int, int]], image_size: Sequence[int], input_size: Sequence[int]
+) -> str | None:
+    """What the resize to ``image_size`` does to images of ``sizes``, if it loses too much; else ``None``.
+
+    Args:
+        sizes: ``(height, width)`` of the data's images.
+        image_size: The working resolution the pre-processor resizes to.
+        input_size: The model input (the tile, when tiling).
+    """
+    if not sizes:
+        return None
+    height, width = typical_size(sizes)
+    work_h, work_w = image_size
+    shrink_h, shrink_w = height / work_h, width / work_w
+    aspect_change = max(shrink_h / shrink_w, shrink_w / shrink_h)
+    if max(shrink_h, shrink_w) <= MAX_SHRINK and aspect_change <= MAX_ASPECT_CHANGE:
+        return None
+    tile_h, tile_w = input_size
+    suggested = list(auto_image_size(sizes, input_size))
+    tiles = (suggested[0] // tile_h) * (suggested[1] // tile_w)
+    return (
+        f"The images are typically {int(height)} x {int(width)} (median of {len(sizes)}); UniAS resizes them to "
+        f"{work_h} x {work_w}: the height shrinks {shrink_h:.1f}x and the width {shrink_w:.1f}x (aspect ratio "
+        f"{width / height:.2f} -> {work_w / work_h:.2f}), so defects a few pixels wide may vanish. To keep the "
+        f"detail, set the model's image_size to {suggested} or 'auto' (tiles of input_size {[tile_h, tile_w]}: "
+        f"{tiles} per image; add train_tiles to bound a training step's cost), or choose an input_size closer to "
+        "the images' shape (README, 'High-resolution and non-square images')."
+    )

@@ -1,0 +1,117 @@
+"""Opt-in switches beside the paper's recipe: each is off by default and changes what it says, nothing else."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_unias import UniAS
+from anomalib_unias.loss import HARD_MINING_FACTOR, UniASLoss
+from anomalib_unias.validation import UniASArgumentError
+
+from .tiny import TINY_UNIAS
+
+SWITCHES = {"map_fusion": "product", "map_strides": None, "hard_mining": None, "image_size": None, "train_tiles": None}
+
+
+def _model(**switches: object) -> UniAS:
+    torch.manual_seed(0)
+    return UniAS(**TINY_UNIAS, pre_trained=False, **switches)
+
+
+def test_every_switch_defaults_to_the_paper() -> None:
+    defaults = inspect.signature(UniAS).parameters
+    assert {name: defaults[name].default for name in SWITCHES} == SWITCHES
+
+
+def _level_maps(model: UniAS, images: torch.Tensor) -> list[torch.Tensor]:
+    head = model.model.head
+    with torch.no_grad():
+        result = head.reconstruct(model.model.backbone(images))
+        return head.anomaly_map.level_maps(result.reconstructions, result.targets)
+
+
+def _upsample(level_map: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(level_map, size=TINY_UNIAS["input_size"], mode="bilinear", align_corners=True)
+
+
+def _training_loss(model: UniAS, images: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(1)  # same jitter and dropout draws
+    model.train()
+    return model.model(images)[0]
+
+
+@pytest.mark.parametrize(
+    ("switches", "fuse"),
+    [
+        ({"map_fusion": "mean"}, lambda maps: torch.stack(maps).mean(0)),
+        ({"map_strides": [16, 8]}, lambda maps: maps[0] * maps[1]),
+        ({"map_fusion": "mean", "map_strides": [8, 2]}, lambda maps: (maps[1] + maps[3]) / 2),
+        ({}, lambda maps: maps[3] * maps[0] * maps[1] * maps[2]),
+    ],
+)
+def test_map_switches_change_the_fusion_only(switches: dict, fuse) -> None:
+    images = torch.rand(2, 3, *TINY_UNIAS["input_size"])
+    paper, switched = _model(), _model(**switches)
+    switched.load_state_dict(paper.state_dict())
+    paper.eval()
+    switched.eval()
+    expected = _upsample(fuse(_level_maps(paper, images)))
+    assert torch.allclose(switched.model(images).anomaly_map, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(_training_loss(switched, images), _training_loss(paper, images))
+
+
+def test_hard_mining_is_the_global_cosine_with_easy_gradients_scaled_down() -> None:
+    torch.manual_seed(0)
+    target = torch.randn(2, 8, 5, 6)
+    reconstruction = (target + 0.5 * torch.randn_like(target)).requires_grad_()
+    loss = UniASLoss(weight=1.0, hard_mining=0.75, hard_mining_warmup=0)
+    value, (term,) = loss([reconstruction], [target])
+    global_cosine = 1 - F.cosine_similarity(reconstruction.flatten(1), target.flatten(1), dim=1)
+    assert torch.allclose(term, global_cosine.mean())
+    value.backward()
+    plain = reconstruction.detach().clone().requires_grad_()
+    (1 - F.cosine_similarity(plain.flatten(1), target.flatten(1), dim=1)).mean().backward()
+    distance = 1 - F.cosine_similarity(reconstruction.detach(), target, dim=1)
+    easy = distance <= distance.flatten().kthvalue(round(0.75 * distance.numel())).values
+    assert easy.sum() == round(0.75 * distance.numel())
+    ratio = reconstruction.grad / plain.grad
+    assert torch.allclose(ratio.permute(0, 2, 3, 1)[easy], torch.tensor(HARD_MINING_FACTOR), rtol=1e-4)
+    assert torch.allclose(ratio.permute(0, 2, 3, 1)[~easy], torch.tensor(1.0), rtol=1e-4)
+
+
+def test_hard_mining_share_ramps_up_and_its_step_count_is_checkpointed() -> None:
+    loss = UniASLoss(hard_mining=0.9, hard_mining_warmup=4)
+    target = torch.randn(1, 4, 3, 3)
+    for _ in range(3):
+        loss([target.clone().requires_grad_()], [target])
+    assert int(loss.state_dict()["steps"]) == 3
+    assert "steps" not in UniASLoss().state_dict()  # the paper's loss keeps the reference state dict
+
+
+def test_hard_mining_changes_the_loss_only_not_the_map() -> None:
+    images = torch.rand(2, 3, *TINY_UNIAS["input_size"])
+    paper, mined = _model(), _model(hard_mining=0.9)
+    mined.load_state_dict(paper.state_dict(), strict=False)  # all but the step counter
+    paper.eval()
+    mined.eval()
+    assert torch.equal(mined.model(images).anomaly_map, paper.model(images).anomaly_map)
+    assert not torch.equal(_training_loss(mined, images), _training_loss(paper, images))
+
+
+@pytest.mark.parametrize(
+    ("switches", "message"),
+    [
+        ({"map_fusion": "max"}, r"map_fusion='max': must be 'product' \(paper\) or 'mean'"),
+        ({"map_strides": [32]}, r"map_strides=\[32\]: must be distinct level strides"),
+        ({"map_strides": []}, r"map_strides=\[\]"),
+        ({"hard_mining": 1.0}, r"hard_mining=1.0: is a share of pixels"),
+        ({"hard_mining_warmup": -1}, r"hard_mining_warmup=-1"),
+    ],
+)
+def test_bad_switch_values_are_refused_by_name(switches: dict, message: str) -> None:
+    with pytest.raises(UniASArgumentError, match=message):
+        _model(**switches)

@@ -1,0 +1,231 @@
+"""Tiling (anomalib's ``Tiler``) for images larger than UniAS's input: maps, training, callback, checkpoint, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.callbacks import TilerConfigurationCallback
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_unias import UniAS
+from anomalib_unias.data import UniASDemo
+from anomalib_unias.tiling import random_tiles
+from anomalib_unias.validation import UniASArgumentError
+
+from .tiny import TINY_UNIAS
+
+TILE = TINY_UNIAS["input_size"]  # 64 x 64
+
+
+@pytest.fixture
+def float64() -> None:
+    """Compare in float64: anomalib's ``Tiler`` builds its tiles with the default dtype."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def _tiled(**kwargs: object) -> UniAS:
+    torch.manual_seed(0)
+    return UniAS(**TINY_UNIAS, pre_trained=False, **kwargs).double().eval()
+
+
+def _tile_map(model: UniAS, tile: torch.Tensor) -> torch.Tensor:
+    """The untiled head's map of one tile (the same weights, no tiler involved)."""
+    with torch.no_grad():
+        return model.model.head(model.model.backbone(tile)).anomaly_map
+
+
+@pytest.mark.usefixtures("float64")
+def test_non_overlapping_tiles_give_the_per_tile_maps_placed_in_the_canvas() -> None:
+    model = _tiled(image_size=(128, 192))
+    images = torch.rand(2, 3, 128, 192, dtype=torch.float64)
+    tiled = model.model(images)
+    canvas = torch.zeros(2, 1, 128, 192, dtype=torch.float64)
+    for top in (0, 64):
+        for left in (0, 64, 128):
+            tile = images[..., top : top + 64, left : left + 64]
+            canvas[..., top : top + 64, left : left + 64] = _tile_map(model, tile)
+    assert tiled.anomaly_map.shape == (2, 1, 128, 192)
+    assert (tiled.anomaly_map - canvas).abs().max() <= 1e-6 * (canvas.max() - canvas.min())
+    assert torch.equal(tiled.pred_score, tiled.anomaly_map.flatten(1).amax(1))  # the score is the full map's
+
+
+@pytest.mark.usefixtures("float64")
+def test_overlapping_tiles_are_averaged_as_anomalib_does() -> None:
+    model = _tiled(image_size=(64, 128), tile_stride=(64, 32))
+    images = torch.rand(1, 3, 64, 128, dtype=torch.float64)
+    total = torch.zeros(1, 1, 64, 128, dtype=torch.float64)
+    count = torch.zeros_like(total)
+    for left in (0, 32, 64):
+        total[..., left : left + 64] += _tile_map(model, images[..., left : left + 64])
+        count[..., left : left + 64] += 1
+    expected = total / count
+    tiled = model.model(images).anomaly_map
+    assert (tiled - expected).abs().max() <= 1e-6 * (expected.max() - expected.min())
+
+
+class _TileCounter:
+    """Record the batch size the backbone is called with."""
+
+    def __init__(self, model: UniAS) -> None:
+        self.sizes: list[int] = []
+        model.model.backbone.register_forward_pre_hook(lambda _module, args: self.sizes.append(args[0].shape[0]))
+
+
+def test_training_reads_every_grid_tile_or_random_tiles_and_learns() -> None:
+    images = torch.rand(2, 3, 64, 192)
+    for train_tiles, expected in ((None, 6), (4, 8)):
+        torch.manual_seed(0)
+        model = UniAS(**TINY_UNIAS, pre_trained=False, image_size=(64, 192), train_tiles=train_tiles)
+        counter = _TileCounter(model)
+        optimizer = model.configure_optimizers()["optimizer"]
+        model.train()
+        loss, _ = model.model(images)
+        loss.backward()
+        optimizer.step()
+        assert counter.sizes == [expected]
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None for p in model.model.head.parameters() if p.requires_grad)
+
+
+def test_random_tiles_are_crops_of_their_own_image_and_repeat_with_the_seed() -> None:
+    images = torch.arange(2 * 3 * 40 * 90, dtype=torch.float32).reshape(2, 3, 40, 90)
+    torch.manual_seed(5)
+    tiles = random_tiles(images, (16, 32), count=3)
+    torch.manual_seed(5)
+    assert torch.equal(tiles, random_tiles(images, (16, 32), count=3))
+    assert tiles.shape == (6, 3, 16, 32)
+    for index, tile in enumerate(tiles):
+        image = images[index // 3]
+        top, left = divmod(int((tile[0, 0, 0] - image[0, 0, 0]).item()), 90)
+        assert torch.equal(tile, image[:, top : top + 16, left : left + 32])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"image_size": (64, 200)}, r"tile_stride=\[64, 64\]: tiles of width 64 at stride 64 do not cover .* 192"),
+        ({"image_size": (64, 192), "tile_stride": (64, 80)}, r"width stride 80 must be in \[1, 64\]"),
+        ({"image_size": (32, 192)}, r"image_size=\[32, 192\]: is smaller than the tile input_size=\[64, 64\]"),
+        ({"image_size": (64, 192), "train_tiles": 0}, r"train_tiles=0: must be at least 1"),
+        ({"train_tiles": 2}, r"train_tiles=2: needs tiling"),
+        ({"image_size": (72, 128)}, r"height 64 at stride 64 do not cover the image height 72"),
+    ],
+)
+def test_tilings_that_do_not_fit_are_refused_with_working_values(arguments: dict, message: str) -> None:
+    with pytest.raises(UniASArgumentError, match=message):
+        UniAS(**TINY_UNIAS, pre_trained=False, **arguments)
+
+
+def _engine(tmp_path, **tiler: object) -> Engine:
+    return Engine(
+        max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+        callbacks=[TilerConfigurationCallback(enable=True, **tiler)],
+    )  # fmt: skip
+
+
+def test_anomalib_tiler_callback_trains_tests_checkpoints_and_exports(tmp_path, demo_root) -> None:
+    """anomalib's own ``TilerConfigurationCallback``: its stride is used, stored, restored and exported."""
+    from anomalib.deploy import OpenVINOInferencer
+
+    seed_everything(0)
+    datamodule = UniASDemo(root=demo_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = UniAS(**TINY_UNIAS, image_size=(64, 128), visualizer=False)
+    engine = _engine(tmp_path, tile_size=64, stride=(64, 32))
+    engine.fit(model=model, datamodule=datamodule)
+    assert model.model.tile_stride == (64, 32)
+    (result,) = engine.test(model=model, datamodule=datamodule, verbose=False)
+    assert 0 <= result["pixel_AP/mean"] <= 1
+    (checkpoint,) = tmp_path.rglob("model.ckpt")
+    loaded = UniAS.load_from_checkpoint(checkpoint).eval()
+    assert loaded.model.tile_stride == (64, 32)
+    assert loaded.model.image_size == (64, 128)
+
+    xml = engine.export(model=loaded, export_type="openvino", export_root=tmp_path / "export")
+    inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    image = torch.rand(1, 3, 80, 140)  # any size: the graph resizes to image_size, then tiles
+    exported = inferencer.predict(image.numpy())
+    with torch.no_grad():
+        eager = loaded(image)
+    assert exported.anomaly_map.shape == (1, 1, 64, 128)
+    span = float(eager.anomaly_map.max() - eager.anomaly_map.min())
+    assert abs(exported.anomaly_map - eager.anomaly_map.numpy()).max() <= 1e-4 * span
+    assert bool(exported.pred_label[0]) == bool(eager.pred_label[0])
+
+
+def test_a_tiler_callback_that_does_not_fit_fails_before_training(tmp_path, demo_root) -> None:
+    datamodule = UniASDemo(root=demo_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = UniAS(**TINY_UNIAS, pre_trained=False, image_size=(64, 128), visualizer=False)
+    engine = _engine(tmp_path, tile_size=32, stride=32)
+    with pytest.raises(UniASArgumentError, match=r"tile_size=\[32, 32\] differs from UniAS input_size=\[64, 64\]"):
+        engine.fit(model=model, datamodule=datamodule)
+    assert engine.trainer.global_step == 0
+    with pytest.raises(UniASArgumentError, match=r"do not cover the image width 128"):
+        _engine(tmp_path, tile_size=64, stride=48).fit(model=model, datamodule=datamodule)
+
+
+@pytest.fixture(scope="module")
+def strips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-category MVTec-layout folder of 70 x 200 grey strips (train, good and defective test images)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("strips")
+    generator = np.random.default_rng(0)
+    folders = {"train/good": 6, "test/good": 2, "test/spot": 2}
+    for folder, count in folders.items():
+        (root / "fabric" / folder).mkdir(parents=True)
+        for index in range(count):
+            pixels = (generator.random((70, 200)) * 60 + 100).astype(np.uint8)
+            if folder == "test/spot":
+                pixels[30:36, 90:96] = 255
+                (root / "fabric" / "ground_truth" / "spot").mkdir(parents=True, exist_ok=True)
+                mask = np.zeros((70, 200), dtype=np.uint8)
+                mask[30:36, 90:96] = 255
+                Image.fromarray(mask).save(root / "fabric" / "ground_truth" / "spot" / f"{index}_mask.png")
+            Image.fromarray(pixels).save(root / "fabric" / folder / f"{index}.png")
+    return root
+
+
+def test_auto_image_size_is_the_data_size_on_the_tile_grid_and_is_stored(tmp_path, strips) -> None:
+    from anomalib_unias.data import UnifiedFolder
+
+    datamodule = UnifiedFolder(root=strips, train_batch_size=2, eval_batch_size=2, num_workers=0)
+    model = UniAS(**TINY_UNIAS, image_size="auto", train_tiles=2, visualizer=False)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    assert model.model.image_size == (64, 192)  # 70 x 200 on the 64-px tile grid
+    assert model.model.train_tiles == 2
+    assert list(model.pre_processor.transform.transforms[0].size) == [64, 192]
+    for dataset in (datamodule.train_data, datamodule.test_data):  # anomalib resizes in the datasets too
+        transforms = getattr(dataset.augmentations, "transforms", [dataset.augmentations])
+        assert [list(t.size) for t in transforms if hasattr(t, "size")] == [[64, 192]]
+    (checkpoint,) = tmp_path.rglob("model.ckpt")
+    loaded = UniAS.load_from_checkpoint(checkpoint)
+    assert loaded.model.image_size == (64, 192)
+    assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 192]
+
+
+def test_a_resize_that_erases_detail_is_reported_once_with_the_fix(tmp_path, strips, caplog) -> None:
+    from anomalib_unias.data import UnifiedFolder
+
+    datamodule = UnifiedFolder(root=strips, train_batch_size=2, eval_batch_size=2, num_workers=0)
+    model = UniAS(**{**TINY_UNIAS, "input_size": (32, 32), "neighbour_size": 1}, visualizer=False)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with caplog.at_level("WARNING", logger="anomalib_unias.lightning_model"):
+        engine.fit(model=model, datamodule=datamodule)
+        engine.test(model=model, datamodule=datamodule, verbose=False)
+    (advice,) = [record.getMessage() for record in caplog.records if "typically 70 x 200" in record.getMessage()]
+    assert "the height shrinks 2.2x and the width 6.2x" in advice
+    assert "aspect ratio 2.86 -> 1.00" in advice
+    assert "image_size to [64, 192] or 'auto'" in advice
+
+
+def test_a_tiled_model_refuses_images_of_another_size() -> None:
+    model = _tiled(image_size=(64, 128)).float()
+    with pytest.raises(ValueError, match=r"tiles images of \[64, 128\] .* got \[64, 120\]: resize the images first"):
+        model.model(torch.rand(1, 3, 64, 120))
