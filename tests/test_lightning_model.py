@@ -153,7 +153,7 @@ class _FirstTrainingBatch(Callback):
 
     image: torch.Tensor | None = None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         del trainer, pl_module, outputs, batch_idx
         if self.image is None:
             self.image = batch.image.clone()

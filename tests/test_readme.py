@@ -4,11 +4,11 @@ Commands are taken from the README itself, so a command added there is run here.
 ``pip install ...`` (what CI does first) and ``python -m pytest`` (this suite).  Commands run as written
 unless a budget below shortens them: long trainings get one epoch of a few steps (the command, its
 config, data module and outputs are what is checked, not the length), the benchmark script gets tiny
-widths.  Data the README points at is provided in the copy: ``../shared/data/mtd`` and ``../shared/data/aitex``
-(the real sets when they lie beside this repository, else generated stand-ins in their layout) and stand-ins for MVTec AD and
-VisA in the configs' default roots; the paper configs build their B4 backbone with
-``pre_trained false`` (no network here).  The demo (the README's first command) runs fully as written,
-and its checkpoint serves the test, predict, export and resume commands.
+widths.  Data the README points at is provided in the copy: ``../shared/data/mtd`` and
+``../shared/data/aitex`` (the real sets when they lie beside this repository, else generated stand-ins in
+their layout) and stand-ins for MVTec AD and VisA in the configs' default roots; the paper configs build
+their B4 backbone with ``pre_trained false`` (no network here).  The demo (the README's first command) runs
+fully as written, and its checkpoint serves the test, predict, export and resume commands.
 """
 
 from __future__ import annotations
