@@ -42,8 +42,9 @@ Ordering:
   points are being loaded is queued behind them.
 - A plugin that is itself being imported (``from anomalib_unias import UniAS`` imports
   ``anomalib.models`` from inside ``anomalib_unias/__init__.py``) cannot be loaded yet; its entry
-  point is resolved on first attribute access instead (a module ``__getattr__``, PEP 562).  Its class
-  is imported by the time user code runs, which is all the subclass-based lookups need.
+  point is resolved on first attribute access instead (a module ``__getattr__``, PEP 562), or when the
+  next anomalib module finishes importing (e.g. ``anomalib.cli`` in a script that imported the plugin
+  first: the CLI's subclass lookup never asks for the attribute); the finder stays until then.
 
 A broken entry point only produces a ``RuntimeWarning`` naming it.  ``ANOMALIB_PLUGINS_DISABLE=1`` in
 the environment at interpreter start turns the hook off; full class paths
@@ -134,7 +135,8 @@ class _NotifyingLoader:
             _done.add(self._name)
             _pending.append(self._name)
         _drain()
-        if _done.issuperset(_WATCHED) and _done.issuperset(_fix_entry_points()) and not _pending and not _executing:
+        served = _done.issuperset(_WATCHED) and _done.issuperset(_fix_entry_points())
+        if served and not _pending and not _executing and not _deferred():
             sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
 
 
@@ -159,8 +161,28 @@ def _drain() -> None:
     try:
         while _pending:
             _load_group(_pending.pop(0))
+        _load_deferred()
     finally:
         _loading = False
+
+
+def _deferred() -> list:
+    """The lazy attributes of the watched modules that still hold deferred entry points."""
+    lazy = [sys.modules[name].__dict__.get("__getattr__") for name in _done if name in _WATCHED]
+    return [attributes for attributes in lazy if isinstance(attributes, _LazyAttributes) and attributes.entry_points]
+
+
+def _load_deferred() -> None:
+    """Load the deferred entry points whose plugin has finished importing since.
+
+    Name lookups that scan subclasses (anomalib's CLI: ``--data UnifiedFolder``) never ask for the
+    attribute, so a plugin imported by a script before anomalib's CLI is loaded here, at the CLI's import.
+    """
+    for attributes in _deferred():
+        for name, entry_point in list(attributes.entry_points.items()):
+            if not _is_initializing(entry_point.module):
+                del attributes.entry_points[name]
+                _load(entry_point, attributes.module)
 
 
 def _load_group(module_name: str) -> None:

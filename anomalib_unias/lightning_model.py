@@ -45,6 +45,7 @@ from .metrics import CategoryTablePrinter, unias_evaluator
 from .post_processor import UniASPostProcessor
 from .progress import EpochProgressLine
 from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
+from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
 from .validation import (
     UniASArgumentError,
@@ -149,6 +150,10 @@ class UniAS(AnomalibModule):
             INT8_PTQ``): ``"map-fp32"`` keeps the cosine distances, the map fusion and the normalisation in
             FP32 (quantising them cost 5 pAP points on MTD); ``"anomalib"`` = NNCF's defaults on the whole
             graph; ``"matmul-fp32"`` keeps the attention/FFN matrix products in FP32.
+        thresholds: A ``thresholds.json`` (:mod:`anomalib_unias.thresholds`; written by export, editable) to label
+            with instead of the thresholds fitted on validation, also over a checkpoint's; no retraining.
+        category: The category of test/predict images whose path does not name one (e.g. ``anomalib predict``
+            on a plain folder), for the per-category thresholds; ``None``: such images use the global ones.
         pre_processor: Pre-processor, or ``True`` for resize to ``input_size`` + normalisation with
             ``input_mean``/``input_std``.
         post_processor: Post-processor, or ``True`` for the default.
@@ -190,6 +195,8 @@ class UniAS(AnomalibModule):
         warmup_fraction: float = 0.05,
         max_epochs: int | None = None,
         int8_variant: Int8Variant = "map-fp32",
+        thresholds: str | Path | None = None,
+        category: str | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -226,6 +233,7 @@ class UniAS(AnomalibModule):
             tiling = {"image_size": None, "tile_stride": None, "train_tiles": None}
         check_normalization(input_mean=input_mean, input_std=input_std)
         check_map(map_fusion=map_fusion, map_strides=map_strides)
+        attached_thresholds = CategoryThresholds.from_json(thresholds) if thresholds else None
         frozen_backbone = create_backbone(backbone, pre_trained=pre_trained, weights=weights)
         backbone_mean, backbone_std = frozen_backbone.input_statistics
         input_mean = tuple(float(v) for v in (input_mean or backbone_mean))
@@ -260,6 +268,13 @@ class UniAS(AnomalibModule):
             raise UniASArgumentError(msg)
         self.int8_variant = int8_variant
         self._resolution_checked = False
+        # The checkpoint keeps the thresholds themselves (in the post-processor), not the file's path.
+        self.hparams.pop("thresholds", None)
+        self._attached_thresholds = attached_thresholds
+        if isinstance(self.post_processor, UniASPostProcessor):
+            self.post_processor.category = category
+            if self._attached_thresholds:
+                self.post_processor.use_thresholds(self._attached_thresholds)
 
     @classmethod
     def configure_pre_processor(
@@ -363,8 +378,17 @@ class UniAS(AnomalibModule):
             checkpoint.setdefault("hyper_parameters", {})["tile_stride"] = list(self.model.tile_stride)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When training resumes from ``checkpoint``, continue with the random numbers it stopped at."""
+        """When training resumes from ``checkpoint``, continue with the random numbers it stopped at.
+
+        An attached ``thresholds`` file wins over the thresholds stored in the checkpoint.
+        """
         super().on_load_checkpoint(checkpoint)
+        if self._attached_thresholds and isinstance(self.post_processor, UniASPostProcessor):
+            self.post_processor.use_thresholds(self._attached_thresholds)
+            state = checkpoint.get("state_dict", {})
+            for key, value in self.post_processor.state_dict(prefix="post_processor.").items():
+                if key in state:
+                    state[key] = value.clone()
         states = checkpoint.get(RNG_STATES_KEY)
         if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             restore_rng_states(states)
@@ -411,7 +435,21 @@ class UniAS(AnomalibModule):
     ) -> Path:
         """Anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
         kwargs.setdefault("opset_version", 18)
-        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+        return self._write_thresholds(super().to_onnx(export_root, model_file_name, input_size, **kwargs))
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Anomalib's Torch export, with ``thresholds.json`` beside the model."""
+        return self._write_thresholds(super().to_torch(export_root, model_file_name))
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's OpenVINO export, with ``thresholds.json`` beside the model."""
+        return self._write_thresholds(super().to_openvino(*args, **kwargs))
+
+    def _write_thresholds(self, model_path: Path) -> Path:
+        """Write the per-category thresholds beside an exported model (:mod:`anomalib_unias.thresholds`)."""
+        if isinstance(self.post_processor, UniASPostProcessor):
+            self.post_processor.thresholds().to_json(Path(model_path).parent / THRESHOLDS_FILE)
+        return model_path
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> UniAS:  # type: ignore[override]

@@ -306,3 +306,33 @@ def test_registration_does_not_depend_on_which_anomalib_module_comes_first(tmp_p
         for data in ("UnifiedFolder", "UniASDemo", "UnifiedMVTecAD", "UnifiedVisa"):
             assert names[data] == data, first
         assert names["listed"] == ["uni_a_s"], first  # anomalib's snake_case of the class name (README says so)
+
+
+OURS_FIRST = """
+import contextlib, io, json, sys
+import {first}
+from anomalib.cli.cli import main
+found = {{}}
+for data in ("UnifiedFolder", "UniASDemo", "UnifiedMVTecAD", "UnifiedVisa"):
+    sys.argv = ["anomalib", "train", "--model", "UniAS", "--data", data, "--data.root", ".", "--print_config"]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.suppress(SystemExit):
+        main()
+    found[data] = [line.split()[-1] for line in output.getvalue().splitlines() if "class_path:" in line]
+print("RESULT" + json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("first", ["anomalib_unias", "anomalib_unias.data", "anomalib_unias.metrics"])
+def test_our_package_imported_before_anomalibs_cli_keeps_every_short_name(first: str, tmp_path: Path) -> None:
+    """A script that imports this package (or a module of it) and then runs anomalib's CLI in the same process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("ANOMALIB_PLUGINS_DISABLE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", OURS_FIRST.format(first=first)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    for data, class_paths in json.loads(lines[-1].removeprefix("RESULT")).items():
+        assert class_paths == ["anomalib_unias.UniAS", f"anomalib_unias.data.{data}"], (first, data)

@@ -17,8 +17,21 @@ NOT_COMPUTABLE_NOTE = (
 )
 
 
-def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: int = 2) -> str:
+THRESHOLDS_NOTE = (
+    "Thresholds: raw scores, fitted per category on validation (the mean row: the global ones, used for unknown "
+    "categories and by the exported graph); see thresholds.json beside an exported model."
+)
+
+
+def format_category_table(
+    metrics: Mapping[str, float | torch.Tensor],
+    digits: int = 2,
+    thresholds: Mapping[str, tuple[float, float]] | None = None,
+) -> str:
     """Format logged ``<metric>/<category>`` values as a markdown table (values x 100).
+
+    ``thresholds`` (category -> raw image and pixel threshold; ``"mean"`` row: the global ones) adds two
+    columns with the thresholds each category's images were labelled with.
 
     Only metrics that have a ``<metric>/mean`` entry (those of
     :class:`~anomalib_unias.metrics.PerCategory`) are shown, so other logged keys are ignored.  Rows are
@@ -38,9 +51,10 @@ def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: i
     if not columns:
         return ""
     categories = sorted({category for values in columns.values() for category in values} - {"mean"})
+    extra = ["image threshold", "pixel threshold"] if thresholds else []
     lines = [
-        "| category | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
+        "| category | " + " | ".join([*columns, *extra]) + " |",
+        "|---" * (len(columns) + len(extra) + 1) + "|",
     ]
     missing = False
     for category in [*categories, "mean"]:
@@ -49,18 +63,32 @@ def format_category_table(metrics: Mapping[str, float | torch.Tensor], digits: i
             value = values.get(category, float("nan"))
             missing |= math.isnan(value)
             cells.append("n/a" if math.isnan(value) else f"{100 * value:.{digits}f}")
+        if thresholds:
+            pair = thresholds.get("global" if category == "mean" else category)
+            cells += [f"{value:.4g}" for value in pair] if pair else ["global", "global"]
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    if thresholds:
+        lines += ["", THRESHOLDS_NOTE]
     if missing:
         lines += ["", NOT_COMPUTABLE_NOTE]
     return "\n".join(lines)
 
 
 class CategoryTablePrinter(Callback):
-    """Print :func:`format_category_table` of the logged test metrics when testing ends."""
+    """Print :func:`format_category_table` of the logged test metrics when testing ends.
+
+    With a post-processor that has per-category thresholds (``thresholds()``, as UniAS's), the table
+    shows them too.
+    """
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Print the table (global rank 0 only) if any per-category metric was logged."""
-        del pl_module
-        table = format_category_table(trainer.callback_metrics)
+        thresholds = None
+        post_processor = getattr(pl_module, "post_processor", None)
+        if getattr(post_processor, "category_thresholds", None):  # UniAS's, after validation
+            fitted = post_processor.thresholds()
+            thresholds = {name: (t.image, t.pixel) for name, t in fitted.categories.items()}
+            thresholds["global"] = (fitted.global_thresholds.image, fitted.global_thresholds.pixel)
+        table = format_category_table(trainer.callback_metrics, thresholds=thresholds)
         if table and trainer.is_global_zero:
             print(table)
