@@ -16,21 +16,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import nncf
 import numpy as np
-import openvino as ov
 
 if TYPE_CHECKING:
-    from .lightning_model import UniAS
+    import openvino as ov
+    from anomalib.models.components import AnomalibModule
+
+# NNCF and OpenVINO load only when a function here runs: the model imports this module for the names below.
 
 INT8_VARIANTS = {
-    "anomalib": "NNCF defaults, as anomalib's INT8_PTQ",
     "map-fp32": "cosine distances, map fusion and normalisation kept in FP32",
     "matmul-fp32": "attention and FFN matrix products kept in FP32 (convolutions INT8)",
+    "anomalib": "NNCF defaults, as anomalib's INT8_PTQ",
 }
 """INT8 post-training quantisation variants of :func:`quantize_int8` and what each keeps in FP32."""
+Int8Variant = Literal[tuple(INT8_VARIANTS)]  # type: ignore[valid-type]
+"""What UniAS's ``int8_variant`` may be: a key of :data:`INT8_VARIANTS`."""
 
 
 def anomaly_map_ops(model: ov.Model) -> list[str]:
@@ -75,6 +78,8 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = 
             used (NNCF's ``subset_size``).
         variant: One of :data:`INT8_VARIANTS`.
     """
+    import nncf  # noqa: PLC0415
+
     if variant not in INT8_VARIANTS:
         msg = f"Unknown INT8 variant {variant!r}; choose from {list(INT8_VARIANTS)}."
         raise ValueError(msg)
@@ -90,7 +95,7 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = 
 
 
 def export_openvino_precisions(
-    model: UniAS,
+    model: AnomalibModule,
     export_root: str | Path,
     calibration_images: Sequence[np.ndarray] = (),
     input_size: tuple[int, int] | None = None,
@@ -100,7 +105,7 @@ def export_openvino_precisions(
     """Export ``model`` once with anomalib's ``to_openvino`` and save its FP16 and INT8 versions.
 
     Args:
-        model: The UniAS model (trained or not) on CPU.
+        model: The UniAS model (trained or not) on CPU; any anomalib model works for FP32/FP16.
         export_root: Output folder; the models go to ``<export_root>/weights/openvino/<name>.xml``.
         calibration_images: Inputs for INT8 calibration (see :func:`quantize_int8`); no INT8 model when empty.
         input_size: ``None`` for anomalib's default dynamic (N, 3, H, W) input, else a fixed (H, W) with a
@@ -112,6 +117,8 @@ def export_openvino_precisions(
     Returns:
         The model files by name (``fp32``, ``fp16``, ``int8``, ...) and the seconds each one took.
     """
+    import openvino as ov  # noqa: PLC0415
+
     start = time.perf_counter()
     fp32 = model.to_openvino(export_root, "fp32", input_size=input_size, onnx_kwargs=onnx_kwargs)
     paths, seconds = {"fp32": fp32}, {"fp32": time.perf_counter() - start}

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from anomalib import LearningType
@@ -41,6 +41,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from .anomaly_map import MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
+from .export import INT8_VARIANTS, Int8Variant, quantize_int8
 from .metrics import CategoryTablePrinter, unias_evaluator
 from .post_processor import UniASPostProcessor
 from .progress import EpochProgressLine
@@ -67,9 +68,6 @@ RESOLUTION_SAMPLE = 2000
 """Images per split whose size is read (headers only) for the resolution check."""
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
-Int8Variant = Literal["map-fp32", "matmul-fp32", "anomalib"]
-"""What ``int8_variant`` may be (the keys of :data:`anomalib_unias.export.INT8_VARIANTS`)."""
-INT8_VARIANTS = get_args(Int8Variant)
 
 
 def warmup_cosine_schedule(
@@ -264,7 +262,7 @@ class UniAS(AnomalibModule):
         self.warmup_fraction = warmup_fraction
         self.max_epochs = max_epochs
         if int8_variant not in INT8_VARIANTS:
-            msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {INT8_VARIANTS}."
+            msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {list(INT8_VARIANTS)}."
             raise UniASArgumentError(msg)
         self.int8_variant = int8_variant
         self._resolution_checked = False
@@ -413,8 +411,6 @@ class UniAS(AnomalibModule):
         Calibrated on the data module's training images (normal images; anomalib takes the validation
         set, which is the test set by default), at most 300 as NNCF's default subset.
         """
-        from .export import quantize_int8  # noqa: PLC0415 (NNCF and OpenVINO load only when exporting)
-
         if datamodule is None:
             msg = "INT8_PTQ needs a data module for calibration: add --data <datamodule> (e.g. --data UniASDemo)."
             raise ValueError(msg)

@@ -28,9 +28,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from _common import REPO, data_root
 
-REPO = Path(__file__).resolve().parents[1]
-MTD = REPO.parent / "shared" / "data" / "mtd"
+MTD = data_root("mtd")
 
 
 def synchronise(device: torch.device) -> None:

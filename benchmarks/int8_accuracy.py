@@ -40,6 +40,8 @@ from types import SimpleNamespace
 import numpy as np
 import openvino as ov
 import torch
+from _common import REPO as REPO_ROOT
+from _common import data_root
 from anomalib.metrics import AUPR
 from torchvision import tv_tensors
 
@@ -48,8 +50,7 @@ from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.export import INT8_VARIANTS, export_openvino_precisions
 from anomalib_unias.metrics import PaperDice, PerCategory
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "mtd"
+DEFAULT_ROOT = data_root("mtd")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 REFERENCE_RUNTIME = "pytorch"
 

@@ -10,6 +10,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DATA_ENV = "UNIAS_DATA"
+"""Environment variable naming the folder of the real data sets (default: ``../shared/data`` beside the repo)."""
+
+
+def data_root(name: str) -> Path:
+    """The folder of the real data set ``name`` (``mtd``, ``aitex``): ``$UNIAS_DATA/name``."""
+    return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data")) / name
+
+
+def require_data(name: str) -> Path:
+    """:func:`data_root` of ``name``; skip the test where it is absent, but fail under ``CI=true``."""
+    root = data_root(name)
+    if not root.is_dir():
+        message = f"real data set {name!r} not found at {root} (set {DATA_ENV} to the folder that holds it)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
 
 
 def run_process(

@@ -15,6 +15,8 @@ import pytest
 from .conftest import run_process
 from .tiny import TINY_UNIAS
 
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+
 TINY_ARGS = {**TINY_UNIAS, "input_size": list(TINY_UNIAS["input_size"])}  # YAML/CLI spelling
 SPECS = ["'UniAS'", "{'class_path': 'UniAS', 'init_args': {}}", "{'class_path': 'anomalib_unias.UniAS'}"]
 

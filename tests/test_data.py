@@ -33,17 +33,18 @@ from anomalib_unias.data import (
     UniASDemo,
     UnifiedDataset,
     UnifiedFolder,
-    UnifiedImageVisualizer,
     UnifiedMVTecAD,
     UnifiedVisa,
-    category_of,
     generate_demo_dataset,
     mvtec_paper_augmentation,
     visa_paper_augmentation,
 )
 from anomalib_unias.data import augmentation as paper_lists
+from anomalib_unias.layout import category_of
+from anomalib_unias.visualizer import UnifiedImageVisualizer
 
-MTD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"  # ../shared beside the repo
+from .conftest import require_data
+
 DEMO_TRAIN, DEMO_TEST_GOOD, DEMO_TEST_DEFECT = 40, 10, 15  # generate_demo_dataset defaults
 
 
@@ -185,9 +186,8 @@ def test_unified_folder_on_demo_serves_all_categories(demo_root: Path) -> None:
     assert set(subset.train_data.samples.category) == {"gravel", "brick"}
 
 
-@pytest.mark.skipif(not (MTD_ROOT / "magnetic_tile").is_dir(), reason="MTD data not present")
 def test_unified_folder_reads_jpg_mtd() -> None:
-    datamodule = UnifiedFolder(root=MTD_ROOT, num_workers=0, eval_batch_size=4)
+    datamodule = UnifiedFolder(root=require_data("mtd"), num_workers=0, eval_batch_size=4)
     datamodule.prepare_data()
     datamodule.setup()
     assert datamodule.categories == ["magnetic_tile"]

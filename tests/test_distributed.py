@@ -16,6 +16,8 @@ import pytest
 
 from .tiny import TINY_UNIAS
 
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+
 Runner = Callable[..., subprocess.CompletedProcess]
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 

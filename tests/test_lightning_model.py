@@ -25,7 +25,7 @@ def model() -> UniAS:
 OFFLINE_SCRIPT = """
 import torch
 from anomalib_unias import UniAS
-from anomalib_unias.weights import WeightsUnavailableError, create_backbone
+from anomalib_unias.backbone import WeightsUnavailableError, create_backbone
 tiny = {tiny!r}
 model = UniAS(backbone="tf_efficientnet_lite0", **tiny)
 bundled = create_backbone("tf_efficientnet_lite0", pre_trained=True).network.conv_stem.weight
@@ -40,6 +40,7 @@ except WeightsUnavailableError as error:
 """
 
 
+@pytest.mark.slow
 def test_offline_lite0_uses_bundled_weights_and_b4_fails_fast_with_the_fixes(tmp_path, run) -> None:
     """HF_HUB_OFFLINE=1 set before the interpreter starts (huggingface_hub reads it once, at import)."""
     empty_cache = tmp_path / "hf_cache"

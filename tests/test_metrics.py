@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -529,6 +530,7 @@ print(json.dumps({"added": added, "cv2_before": "cv2" in before, "skimage_before
 """
 
 
+@pytest.mark.slow
 def test_metrics_import_no_data_code(run, tmp_path) -> None:
     """``anomalib_unias.metrics`` loads neither our data package (demo generator) nor cv2/scikit-image itself.
 
@@ -538,10 +540,32 @@ def test_metrics_import_no_data_code(run, tmp_path) -> None:
     import json
 
     # The hook off: it would load our entry points (the whole package) when anomalib.models is imported.
-    output = run(["python", "-c", IMPORT_COST_SCRIPT], cwd=tmp_path, env={"ANOMALIB_PLUGINS_DISABLE": "1"}).stdout
+    output = run([sys.executable, "-c", IMPORT_COST_SCRIPT], cwd=tmp_path, env={"ANOMALIB_PLUGINS_DISABLE": "1"}).stdout
     result = json.loads(output.strip().splitlines()[-1])
     heavy = [name for name in result["added"] if name.split(".")[0] in {"cv2", "skimage", "PIL", "tifffile"}]
     ours = [name for name in result["added"] if name.startswith("anomalib_unias.data")]
     assert heavy == [], heavy
     assert ours == [], ours
     assert "anomalib_unias.layout" in result["added"]
+
+
+def test_a_nan_value_of_a_defined_category_is_left_out_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Both classes present, yet the metric comes out NaN (NaN scores): the category is n/a and the log says why."""
+    from anomalib.metrics import create_anomalib_metric
+    from torchmetrics import MeanMetric
+
+    weighted_mean = create_anomalib_metric(MeanMetric)  # the mean score of the defective images
+    metric = PerCategory(weighted_mean(fields=["pred_score", "gt_label"], strict=False), name="defect_score")
+    for category, scores in (("good", [0.2, 0.9]), ("broken", [0.3, float("nan")])):
+        metric.update(
+            ImageBatch(
+                image=torch.zeros(2, 3, 4, 4),
+                gt_label=torch.tensor([0, 1]),
+                pred_score=torch.tensor(scores),
+                image_path=[f"root/{category}/test/{kind}/0.png" for kind in ("good", "bad")],
+            )
+        )
+    with caplog.at_level("WARNING"):
+        values = metric.compute_per_category()
+    assert set(values) == {"good"}
+    assert "defect_score came out NaN (or none) for broken although both classes are present" in caplog.text

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TOY_PACKAGE = {

@@ -24,12 +24,14 @@ import pytest
 from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTEC_CATEGORIES
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
-from .conftest import REPO, run_process
+from .conftest import REPO, data_root, run_process
 from .tiny import TINY_UNIAS
 
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+
 README = REPO / "README.md"
-REAL_MTD = REPO.parent / "shared" / "data" / "mtd"
-REAL_AITEX = REPO.parent / "shared" / "data" / "aitex"
+REAL_MTD = data_root("mtd")
+REAL_AITEX = data_root("aitex")
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
          "--trainer.limit_test_batches", "2"]  # fmt: skip
 PAPER = [*SHORT, "--model.pre_trained", "false", "--data.num_workers", "0", "--data.train_batch_size", "2",
@@ -46,6 +48,11 @@ BUDGETS = {  # command prefix -> arguments appended
     "python benchmarks/quality.py": ["--max-epochs", "1", "--curve-points", "1", "--coreset-ratio", "0.002", *TINY],
 }
 NOT_RUN = ("pip install", "python -m pytest")
+
+
+def readme_python_blocks() -> list[str]:
+    """The README's ``python`` blocks, in order."""
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 def readme_commands() -> list[str]:
@@ -126,9 +133,24 @@ def test_every_readme_command_runs(workspace: Path) -> None:
             assert all(0 <= float(row["pixel_AP/mean"]) <= 1 for row in rows), command
         ran.append(command)
     assert any(command.startswith("anomalib export") for command in ran)
+    for block in readme_python_blocks():  # after the commands: they make the data and exports the blocks read
+        result = run_process([sys.executable, "-c", block], cwd=workspace, timeout=1200, check=False)
+        assert result.returncode == 0, f"{block}\n{result.stdout[-2500:]}\n{result.stderr[-4000:]}"
     assert list((workspace / "results" / "UniAS" / "UniASDemo").glob("v*/weights/lightning/model.ckpt"))
     assert list((workspace / "results").rglob("model.xml")), "the OpenVINO export wrote nothing"
     assert list((workspace / "results").rglob("model.pt")), "the Torch export wrote nothing"
     assert (workspace / "quality_smoke" / "quality.md").is_file()
     assert (workspace / "quality_smoke" / "learning_curve.png").is_file()
     assert (workspace / "quality_smoke" / "anomaly_maps.png").is_file()
+
+
+def test_readme_layout_names_every_module_of_the_package() -> None:
+    """The README's layout section names each module of ``anomalib_unias`` (and no module that is gone)."""
+    section = README.read_text().split("## Layout", 1)[1]
+    block = re.search(r"```\n(.*?)```", section, flags=re.DOTALL).group(1)
+    named = set(re.findall(r"([a-z_]+\.py)\b", block)) - {"anomalib_plugin_hook.py"}
+    package = REPO / "anomalib_unias"
+    modules = {path.name for path in package.rglob("*.py") if path.name != "__init__.py"}
+    assert named == modules
+    for folder in {path.parent.name for path in package.rglob("*.py") if path.parent != package}:
+        assert f"{folder}/" in block, folder

@@ -17,6 +17,8 @@ import torch
 
 from .tiny import TINY_UNIAS
 
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+
 Runner = Callable[..., subprocess.CompletedProcess]
 
 

@@ -26,14 +26,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from skimage.data import coffee
 
-from anomalib_unias.weights import (
+from anomalib_unias.backbone import (
     WeightsMismatchError,
     WeightsUnavailableError,
     bundled_state_dict,
     bundled_weights_file,
     create_backbone,
 )
-from anomalib_unias.weights_cli import main as weights_cli
+from anomalib_unias.backbone.cli import main as weights_cli
+
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ESPRESSO = 967  # ImageNet class index
@@ -172,7 +174,7 @@ HUB_SCRIPT = """
     import timm, torch
     warnings.simplefilter("ignore")
     import anomalib_unias.backbone.hub as hub_module
-    from anomalib_unias.weights import WeightsUnavailableError, bundled_state_dict, create_backbone
+    from anomalib_unias.backbone import WeightsUnavailableError, bundled_state_dict, create_backbone
     result = {"probes": 0}
     probe = hub_module.unreachable_reason
 

@@ -1,11 +1,9 @@
 """Data for UniAS (docs/design.md §7).
 
-Unified (multi-category) anomalib data modules, the paper's per-category augmentations, an embedded demo
-data set and a per-category visualizer.
+Unified (multi-category) anomalib data modules, the paper's per-category augmentations and an embedded
+demo data set.
 """
 
-from ..layout import category_of
-from ..visualizer import UnifiedImageVisualizer
 from .augmentation import (
     CategoryAugmentation,
     RandomRightAngleRotation,
@@ -25,10 +23,8 @@ __all__ = [
     "UniASDemo",
     "UnifiedDataset",
     "UnifiedFolder",
-    "UnifiedImageVisualizer",
     "UnifiedMVTecAD",
     "UnifiedVisa",
-    "category_of",
     "generate_demo_dataset",
     "make_unified_samples",
     "mvtec_paper_augmentation",

@@ -14,6 +14,7 @@ values ``<name>/<category>`` come from :meth:`PerCategory.compute_per_category`,
 from __future__ import annotations
 
 import copy
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +25,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..layout import category_of
+
+logger = logging.getLogger(__name__)
 
 # Samples outside the MVTec layout (e.g. a flat folder) are evaluated together under this name.
 UNCATEGORISED = "all"
@@ -154,9 +157,14 @@ class _PerCategory(Metric):
             for category, metric in zip(self.categories, self.per_category, strict=True)
             if category not in undefined
         }
-        return {
-            category: value for category, value in values.items() if value is not None and not torch.isnan(value).any()
-        }
+        failed = sorted(category for category, value in values.items() if value is None or torch.isnan(value).any())
+        if failed:  # defined there, yet NaN: say so, since the table can only show n/a
+            logger.warning(
+                "%s came out NaN (or none) for %s although both classes are present; shown as n/a and left out "
+                "of the mean. Check those categories' maps for NaN/Inf scores.",
+                getattr(self, "base_name", type(self).__name__), ", ".join(failed),
+            )  # fmt: skip
+        return {category: value for category, value in values.items() if category not in failed}
 
     def compute(self) -> torch.Tensor:
         """Macro mean (float64) over the categories where the metric is defined; NaN (= n/a) if there are none."""

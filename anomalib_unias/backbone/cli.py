@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .weights import BUNDLED_LITE, install_bundled_weights
+from .bundled import BUNDLED_LITE, install_bundled_weights
 
 
 def main(argv: Sequence[str] | None = None) -> None:
