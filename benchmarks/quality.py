@@ -771,7 +771,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = subprocess.run([sys.executable, __file__, *forwarded, "--job", name], check=False, env=environment)
         if result.returncode != 0:
             print(f"{LABELS[name]} failed (exit {result.returncode}); its row is missing.", flush=True)
-    print(write_report(output, args.models))
+    finished = [name for name in args.models if (output / f"{name}.json").exists()]
+    if not finished:
+        sys.exit(f"no model finished; nothing to report in {output} (see the messages above)")
+    print(write_report(output, finished))
 
 
 if __name__ == "__main__":
