@@ -4,9 +4,8 @@ anomalib writes one ``weights/lightning/model.ckpt`` after each validation; with
 last epoch a crash before it leaves nothing, and Lightning stores no random-generator states, so a
 resumed run draws other feature jitter, dropout and shuffling than an uninterrupted one.
 
-* :class:`LastCheckpoint` writes ``weights/lightning/last.ckpt`` (Lightning's name for "resume from
-  here") at the end of every training epoch, and also just before a validation pass, so that a failing
-  validation never discards the training that preceded it.  ``model.ckpt`` keeps anomalib's meaning.
+* :class:`~anomalib_unias.callbacks.LastCheckpoint` writes ``weights/lightning/last.ckpt`` every epoch
+  (see there).
 * :func:`rng_states` / :func:`restore_rng_states` capture and restore the generators training draws
   from (torch CPU and CUDA, numpy, Python); :class:`~anomalib_unias.UniAS` stores them in every
   checkpoint and restores them when training resumes, so the resumed run continues with the same
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
 
 RNG_STATES_KEY = "rng_states"
 LAST_CHECKPOINT = "last.ckpt"
@@ -108,38 +106,3 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
-
-
-class LastCheckpoint(Callback):
-    """Write ``<checkpoint dir>/last.ckpt`` at the end of every training epoch and before each validation.
-
-    The directory is that of the trainer's ``ModelCheckpoint`` (anomalib's ``weights/lightning``), else
-    ``<default_root_dir>/weights/lightning``.  The file is written next to the target and renamed over
-    it, so a crash while writing leaves the previous epoch's checkpoint intact.
-    """
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Save the state after the epoch (and after its validation, which Lightning runs first)."""
-        del pl_module
-        self._save(trainer)
-
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Save the finished training epoch before validation runs (only while fitting)."""
-        del pl_module
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._save(trainer)
-
-    @staticmethod
-    def path(trainer: Trainer) -> Path:
-        """Where ``last.ckpt`` goes for this trainer."""
-        callback = trainer.checkpoint_callback
-        directory = getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "weights" / "lightning"
-        return Path(directory) / LAST_CHECKPOINT
-
-    def _save(self, trainer: Trainer) -> None:
-        path = self.path(trainer)
-        partial = path.with_name(path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # optimiser and RNG states too: an exact resume
-        if trainer.is_global_zero:
-            partial.replace(path)
-        trainer.strategy.barrier("last_checkpoint")

@@ -40,11 +40,11 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .anomaly_map import MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
-from .checkpointing import RNG_STATES_KEY, LastCheckpoint, check_checkpoint_file, restore_rng_states, rng_states
+from .callbacks import CategoryTablePrinter, EpochProgressLine, LastCheckpoint
+from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
-from .metrics import CategoryTablePrinter, unias_evaluator
+from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
-from .progress import EpochProgressLine
 from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel

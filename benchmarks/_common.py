@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,3 +43,14 @@ def assign_halves(paths: Sequence[str]) -> dict[str, str]:
     for path in sorted(map(str, paths)):
         by_folder.setdefault(str(Path(path).parent), []).append(path)
     return {path: HALVES[index % 2] for folder in by_folder.values() for index, path in enumerate(folder)}
+
+
+def commit() -> str:
+    """The repository's commit (short hash, ``+changes`` when the tree differs from it), for result headers."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")

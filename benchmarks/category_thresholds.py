@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import REPO, assign_halves, cpu_name
+from _common import REPO, assign_halves, commit, cpu_name
 from anomalib.data import ImageBatch
 from anomalib.metrics import F1AdaptiveThreshold
 from torchmetrics.functional.classification import binary_f1_score
@@ -130,7 +130,8 @@ def write(rows: list[dict], output: Path, command: str) -> str:
         )
         csv_path.write_text(",".join(keys) + "\n")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    section = [f"\n`{command}` ({stamp}, {cpu_name()})\n", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    section = [f"\n`{command}` ({stamp}, commit {commit()}, {cpu_name()})\n"]
+    section += ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     section += ["| " + " | ".join(row) + " |" for row in cells]
     with markdown_path.open("a") as stream:
         stream.write("\n".join(section) + "\n")

@@ -19,8 +19,8 @@ from lightning.pytorch import Trainer
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
+from anomalib_unias.callbacks import CategoryTablePrinter
 from anomalib_unias.metrics import (
-    CategoryTablePrinter,
     F1MaxDice,
     PaperDice,
     PerCategory,
@@ -507,14 +507,17 @@ def test_format_category_table():
         "train/loss": 3.0,  # no "/mean": not a per-category metric
         "image_F1Score": 0.9,
     }
-    expected = """\
+    expected = (
+        """\
 | category | pixel_AP | DSC |
 |---|---|---|
 | bottle | 50.00 | n/a |
 | cable | 25.00 | 10.00 |
 | mean | 37.50 | 10.00 |
 
-""" + NOT_COMPUTABLE_NOTE
+"""
+        + NOT_COMPUTABLE_NOTE
+    )
     assert format_category_table(logged) == expected
     assert format_category_table({"image_AUROC": 1.0}) == ""
 

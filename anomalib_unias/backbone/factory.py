@@ -48,11 +48,11 @@ def create_backbone(
     if weights is None and pre_trained:
         weights = bundled_weights_file(name)
         if weights is None:  # timm loads its own hub weights, from a file we made sure is local
-            return FrozenBackbone(feature_network(name, out_indices, hub_file=hub_weights_file(name)))
+            return FrozenBackbone(feature_network(name, out_indices, hub_file=hub_weights_file(name)), out_indices)
     network = feature_network(name, out_indices)
     if weights is not None:
         load_weights(network, name, read_state_dict(weights), source=str(weights))
-    return FrozenBackbone(network)
+    return FrozenBackbone(network, out_indices)
 
 
 def check_backbone_name(name: str) -> None:

@@ -1,8 +1,9 @@
 """The frozen multi-level feature network (UniAS paper Sec. 3.1, docs/design.md §1).
 
-A timm CNN with ``features_only=True`` tapped at strides 2, 4, 8 and 16 (EfficientNet-B4: 24, 32, 56
-and 160 channels).  timm's EfficientNet feature network keeps and runs every stage, also those after
-the last tap; :func:`feature_network` removes them, so no later stage runs.
+A timm CNN tapped at strides 2, 4, 8 and 16 (EfficientNet-B4: 24, 32, 56 and 160 channels) through
+timm's public intermediate-feature API: :func:`feature_network` builds the classification model and
+removes what no tap needs (``prune_intermediate_layers``: the stages after the last tap, the head), and
+the forward returns the taps (``forward_intermediates``).  The parameter names stay timm's own.
 The backbone never trains: its parameters do not require gradients and it stays in eval mode (BN uses
 its running statistics) whatever mode the model is put in.
 """
@@ -28,24 +29,26 @@ class FrozenBackbone(nn.Module):
     """Wrap a timm feature network, frozen and always in eval mode.
 
     Args:
-        network: A timm ``features_only`` model (see :func:`anomalib_unias.backbone.create_backbone`).
+        network: A timm model pruned to its taps (:func:`feature_network`).
+        out_indices: Its timm feature indices to tap, as given to :func:`feature_network`.
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, out_indices: Sequence[int] = DEFAULT_OUT_INDICES) -> None:
         super().__init__()
         self.network = network
+        self.out_indices = list(out_indices)
         self.network.requires_grad_(False)
         self.network.eval()
 
     @property
     def channels(self) -> list[int]:
         """Channels of the taps, fine to coarse."""
-        return list(self.network.feature_info.channels())
+        return [self.network.feature_info[index]["num_chs"] for index in self.out_indices]
 
     @property
     def reductions(self) -> list[int]:
         """Strides of the taps, fine to coarse."""
-        return list(self.network.feature_info.reduction())
+        return [self.network.feature_info[index]["reduction"] for index in self.out_indices]
 
     @property
     def input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -66,7 +69,7 @@ class FrozenBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the raw taps, fine to coarse, without tracking gradients."""
         with torch.no_grad():
-            return list(self.network(images))
+            return self.network.forward_intermediates(images, indices=self.out_indices, intermediates_only=True)
 
 
 def feature_network(
@@ -74,7 +77,7 @@ def feature_network(
     out_indices: Sequence[int] = DEFAULT_OUT_INDICES,
     hub_file: str | Path | None = None,
 ) -> nn.Module:
-    """Build timm ``name`` as a feature network tapped at ``out_indices``, without its unused stages.
+    """Build timm ``name`` pruned to the taps ``out_indices``: no stage after the last tap, no head.
 
     Args:
         name: timm model name.
@@ -83,18 +86,14 @@ def feature_network(
             ``pretrained=True``; ``None`` builds random weights.
     """
     pretrained = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(hub_file)}} if hub_file else {}
-    network = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), exportable=True, **pretrained)
-    return drop_unused_stages(network)
-
-
-def drop_unused_stages(network: nn.Module) -> nn.Module:
-    """Remove the stages after the last tap from a timm EfficientNet-style feature network.
-
-    timm's ``EfficientNetFeatures`` keeps and runs every block even when the last requested tap is
-    earlier (B4 at stride 16 would run 7 of 7 stages for 5 that are needed).  Other timm feature
-    networks (``FeatureListNet``) are already truncated and are returned unchanged.
-    """
-    stage_out = getattr(network, "_stage_out_idx", None)
-    if stage_out and hasattr(network, "blocks"):
-        network.blocks = network.blocks[: max(stage_out)]
+    network = timm.create_model(name, exportable=True, **pretrained)
+    if not hasattr(network, "prune_intermediate_layers"):
+        msg = (
+            f"UniAS argument backbone={name!r}: this timm model has no intermediate-feature API "
+            "(forward_intermediates / prune_intermediate_layers), which UniAS taps. Fix: use a timm CNN that has "
+            "it, e.g. tf_efficientnet_b4 (paper) or tf_efficientnet_lite0."
+        )
+        raise ValueError(msg)
+    # prune_norm as well: timm 1.0.9 keeps the final conv/norm after the last stage unless asked.
+    network.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
     return network

@@ -5,16 +5,16 @@
 * :class:`PerCategory`: evaluates any anomalib metric per category (from ``image_path``) + macro mean;
 * :class:`PerCategoryEvaluator` / :func:`unias_evaluator`: evaluator logging ``<metric>/<category>`` and
   ``<metric>/mean`` for image AUROC, pixel AUROC, pAP (anomalib's ``AUPR``), DSC and AUPRO;
-* :func:`format_category_table` / :class:`CategoryTablePrinter`: the per-category table after testing.
+* :func:`format_category_table`: the per-category table (printed after testing by
+  :class:`~anomalib_unias.callbacks.CategoryTablePrinter`).
 """
 
 from .dice import F1MaxDice, PaperDice
 from .evaluator import PerCategoryEvaluator, unias_evaluator
 from .per_category import PerCategory
-from .report import CategoryTablePrinter, format_category_table
+from .report import format_category_table
 
 __all__ = [
-    "CategoryTablePrinter",
     "F1MaxDice",
     "PaperDice",
     "PerCategory",

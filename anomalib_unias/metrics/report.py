@@ -9,7 +9,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
 
 NOT_COMPUTABLE_NOTE = (
     "n/a: not computable for that category (its test images hold only one class: no defective image, or no "
@@ -72,23 +71,3 @@ def format_category_table(
     if missing:
         lines += ["", NOT_COMPUTABLE_NOTE]
     return "\n".join(lines)
-
-
-class CategoryTablePrinter(Callback):
-    """Print :func:`format_category_table` of the logged test metrics when testing ends.
-
-    With a post-processor that has per-category thresholds (``thresholds()``, as UniAS's), the table
-    shows them too.
-    """
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Print the table (global rank 0 only) if any per-category metric was logged."""
-        thresholds = None
-        post_processor = getattr(pl_module, "post_processor", None)
-        if getattr(post_processor, "category_thresholds", None):  # UniAS's, after validation
-            fitted = post_processor.thresholds()
-            thresholds = {name: (t.image, t.pixel) for name, t in fitted.categories.items()}
-            thresholds["global"] = (fitted.global_thresholds.image, fitted.global_thresholds.pixel)
-        table = format_category_table(trainer.callback_metrics, thresholds=thresholds)
-        if table and trainer.is_global_zero:
-            print(table)
