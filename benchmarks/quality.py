@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 import timm
 import torch
 import yaml
+from _common import HALVES, REPO, assign_halves, cpu_name, data_root
 from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.data import ImageBatch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
@@ -64,8 +64,7 @@ from anomalib_unias.post_processor import UniASPostProcessor
 from anomalib_unias.resolution import auto_image_size, image_sizes
 from anomalib_unias.validation import LEVEL_STRIDES
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "mtd"
+DEFAULT_ROOT = data_root("mtd")
 MODELS = ("unias", "patchcore", "padim")
 METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 PANEL_IMAGES_PER_DEFECT = 2
@@ -225,18 +224,6 @@ def fused_maps(model: UniAS, images: torch.Tensor) -> dict[str, torch.Tensor]:
         maps[name] = torch_model.tiler.untile(fused) if torch_model.tiler else fused
     generator.fusion, generator.fused_levels = configured
     return maps
-
-
-HALVES = ("select", "holdout")
-"""The test set's two halves: recipes are chosen on ``select``; the final table reports ``holdout``."""
-
-
-def assign_halves(paths: Sequence[str]) -> dict[str, str]:
-    """Each test image's half: alternate images (sorted by name, the first ``select``) in each defect folder."""
-    by_folder: dict[str, list[str]] = {}
-    for path in sorted(paths):
-        by_folder.setdefault(str(Path(path).parent), []).append(path)
-    return {path: HALVES[index % 2] for folder in by_folder.values() for index, path in enumerate(folder)}
 
 
 def keep_half(datamodule: AnomalibDataModule, half: str) -> None:
@@ -625,13 +612,6 @@ def write_report(output: Path, names: Sequence[str]) -> str:
         (output / "levels.md").write_text("\n".join(diagnostics) + "\n")
         markdown += "\n" + "\n".join(diagnostics) + "\n"
     return markdown + "\n" + "\n".join(per_defect) + "\n"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def plot_learning_curve(output: Path, jobs: dict[str, dict]) -> None:
