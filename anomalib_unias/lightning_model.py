@@ -98,9 +98,10 @@ class UniAS(AnomalibModule):
         image_size: Working resolution (H, W) the pre-processor resizes images to; ``None`` =
             ``input_size``.  When larger than ``input_size``, every image is cut into ``input_size`` tiles
             (anomalib's ``Tiler``; ``TilerConfigurationCallback`` sets the same), whose maps are untiled into
-            the full map (README, "High-resolution and non-square images").  ``"auto"``: the data's typical
-            image size on the tile grid (at most 1.5 Mpixel), resolved when fit/test/predict starts and
-            stored in the checkpoint.  Not in the paper.
+            the full map (README, "High-resolution and non-square images").  ``"auto"``: ``input_size`` (no tiling)
+            where resizing the data's typical image to it keeps the detail (at most 4x shrink per axis, 2x
+            aspect change), else the data's typical image size on the tile grid (at most 1.5 Mpixel);
+            resolved when fit/test/predict starts and stored in the checkpoint.  Not in the paper.
         tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).  Tiles must
             cover ``image_size`` exactly; overlaps are averaged.
         train_tiles: Training tiles per image per step, cut at random positions of the ``image_size``
@@ -333,14 +334,18 @@ class UniAS(AnomalibModule):
         ]
         sizes = image_sizes(paths)
         if self._auto_tiling:
-            self._resolve_auto_image_size(sizes)
-            # anomalib copied the pre-processor's old resize into the datasets' augmentations; copy the new one.
-            datamodule.setup(stage)
+            if self._resolve_auto_image_size(sizes):
+                # anomalib copied the pre-processor's old resize into the datasets' augmentations; copy the new one.
+                datamodule.setup(stage)
         elif advice := resolution_advice(sizes, self.model.image_size, self.model.input_size):
             logger.warning(advice)
 
-    def _resolve_auto_image_size(self, sizes: list[tuple[int, int]]) -> None:
-        """Set the working resolution from the data (``image_size="auto"``) in the model, pre-processor and hparams."""
+    def _resolve_auto_image_size(self, sizes: list[tuple[int, int]]) -> bool:
+        """Set the working resolution from the data (``image_size="auto"``) in the model, pre-processor and hparams.
+
+        Returns whether it changed: ``False`` when the plain resize to ``input_size`` keeps the detail
+        (then no tiling, and ``train_tiles`` is not used).
+        """
         tiling, self._auto_tiling = self._auto_tiling, None
         if not self._default_pre_processor:
             msg = (
@@ -350,19 +355,27 @@ class UniAS(AnomalibModule):
             raise UniASArgumentError(msg)
         stride = tiling["tile_stride"] or (self.model.tile_stride if self.model.tiler else None)
         resolved = auto_image_size(sizes, self.model.input_size, stride)
-        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=tiling["train_tiles"])
+        height, width = typical_size(sizes)
         self.hparams["image_size"] = list(resolved)
+        if resolved == self.model.input_size:
+            self.hparams["train_tiles"] = None
+            logger.info(
+                "UniAS image_size 'auto': the images are typically %d x %d; resizing them to input_size %s keeps "
+                "the detail, so no tiling.", height, width, list(resolved),
+            )  # fmt: skip
+            return False
+        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=tiling["train_tiles"])
         (normalize,) = [t for t in self.pre_processor.transform.transforms if isinstance(t, Normalize)]
         transform = self.configure_pre_processor(resolved, mean=normalize.mean, std=normalize.std).transform
         self.pre_processor.transform = transform
         self.pre_processor.export_transform = get_exportable_transform(transform)
-        height, width = typical_size(sizes)
         tiles = (resolved[0] // self.model.input_size[0]) * (resolved[1] // self.model.input_size[1])
         logger.info(
             "UniAS image_size 'auto': the images are typically %d x %d; working resolution %s (%s tiles of %s).",
             height, width, list(resolved), tiles if self.model.tile_stride == self.model.input_size else "overlapping",
             list(self.model.input_size),
         )  # fmt: skip
+        return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Anomalib's checkpoint content plus the random-generator states (for an exact resume).

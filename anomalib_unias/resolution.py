@@ -6,7 +6,8 @@ pixel or nothing, and the maps go flat (seen on real 500 x 1258 and 1130 x 460 s
 :func:`resolution_advice` compares the data's typical image size with the model's and, past a shrink
 of :data:`MAX_SHRINK` or an aspect change of :data:`MAX_ASPECT_CHANGE`, says so with the numbers and the
 settings that keep the detail (a larger ``image_size`` with tiling at the same ``input_size``).
-:func:`auto_image_size` picks that working resolution for ``image_size="auto"``.
+:func:`auto_image_size` picks the working resolution for ``image_size="auto"``: the plain resize to
+``input_size`` where it keeps the detail, else that larger, tiled resolution.
 """
 
 from __future__ import annotations
@@ -46,10 +47,26 @@ def typical_size(sizes: Sequence[tuple[int, int]]) -> tuple[float, float]:
     return statistics.median(h for h, _ in sizes), statistics.median(w for _, w in sizes)
 
 
-def auto_image_size(
+def resize_loss(sizes: Sequence[tuple[int, int]], image_size: Sequence[int]) -> tuple[float, float, float] | None:
+    """``(height shrink, width shrink, aspect change)`` of resizing images of ``sizes`` to ``image_size``.
+
+    ``None`` when the resize keeps the detail: no axis shrinks more than :data:`MAX_SHRINK` times and the
+    aspect ratio changes by at most :data:`MAX_ASPECT_CHANGE` either way (or there is no image).
+    """
+    if not sizes:
+        return None
+    height, width = typical_size(sizes)
+    shrink_h, shrink_w = height / image_size[0], width / image_size[1]
+    aspect_change = max(shrink_h / shrink_w, shrink_w / shrink_h)
+    if max(shrink_h, shrink_w) <= MAX_SHRINK and aspect_change <= MAX_ASPECT_CHANGE:
+        return None
+    return shrink_h, shrink_w, aspect_change
+
+
+def tile_grid_size(
     sizes: Sequence[tuple[int, int]], input_size: Sequence[int], tile_stride: Sequence[int] | None = None
 ) -> tuple[int, int]:
-    """The working resolution for ``image_size="auto"``: the images' typical size, on the tile grid.
+    """The images' typical size on the tile grid (what ``image_size="auto"`` tiles when it tiles).
 
     The median height and width (scaled down, aspect kept, to at most :data:`AUTO_MAX_PIXELS`), each
     rounded to the nearest size that ``input_size`` tiles at ``tile_stride`` cover exactly.
@@ -69,6 +86,23 @@ def auto_image_size(
     )
 
 
+def auto_image_size(
+    sizes: Sequence[tuple[int, int]], input_size: Sequence[int], tile_stride: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """The working resolution for ``image_size="auto"``: no tiling where the plain resize keeps the detail.
+
+    ``input_size`` itself when resizing the images to it keeps the detail (:func:`resize_loss`: e.g. MTD's
+    ~250 x 380 tiles at 128 x 128, where tiling measured worse); otherwise :func:`tile_grid_size`, the
+    images' typical size cut into ``input_size`` tiles (e.g. 256 x 4096 fabric strips, 500 x 1258 images).
+
+    Raises:
+        ValueError: ``sizes`` is empty (no image to read the size from).
+    """
+    if sizes and resize_loss(sizes, input_size) is None:
+        return int(input_size[0]), int(input_size[1])
+    return tile_grid_size(sizes, input_size, tile_stride)
+
+
 def resolution_advice(
     sizes: Sequence[tuple[int, int]], image_size: Sequence[int], input_size: Sequence[int]
 ) -> str | None:
@@ -79,16 +113,14 @@ def resolution_advice(
         image_size: The working resolution the pre-processor resizes to.
         input_size: The model input (the tile, when tiling).
     """
-    if not sizes:
+    loss = resize_loss(sizes, image_size)
+    if loss is None:
         return None
     height, width = typical_size(sizes)
     work_h, work_w = image_size
-    shrink_h, shrink_w = height / work_h, width / work_w
-    aspect_change = max(shrink_h / shrink_w, shrink_w / shrink_h)
-    if max(shrink_h, shrink_w) <= MAX_SHRINK and aspect_change <= MAX_ASPECT_CHANGE:
-        return None
+    shrink_h, shrink_w, _ = loss
     tile_h, tile_w = input_size
-    suggested = list(auto_image_size(sizes, input_size))
+    suggested = list(tile_grid_size(sizes, input_size))
     tiles = (suggested[0] // tile_h) * (suggested[1] // tile_w)
     return (
         f"The images are typically {int(height)} x {int(width)} (median of {len(sizes)}); UniAS resizes them to "

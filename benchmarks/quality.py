@@ -249,9 +249,10 @@ def evaluate(
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
         half_of = [halves[str(path)] for path in batch.image_path]
-        for name, anomaly_map in fused_maps(model, image).items():
+        for name, device_map in fused_maps(model, image.to(model.device)).items():
             if name not in fusions:
                 continue
+            anomaly_map = device_map.cpu()
             for half in HALVES:
                 index = [i for i, h in enumerate(half_of) if h == half]
                 if not index:
@@ -305,7 +306,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         root=args.root,
         train_batch_size=recipe["train_batch_size"] if name == "unias" else 16,
         eval_batch_size=recipe["eval_batch_size"],
-        num_workers=0,
+        num_workers=args.num_workers,
         seed=args.seed,
     )
     image_size = recipe["model"].get("image_size") or input_size
@@ -314,6 +315,8 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         paths = list(datamodule.train_data.samples.image_path) + list(datamodule.test_data.samples.image_path)
         image_size = auto_image_size(image_sizes(paths[:RESOLUTION_SAMPLE]), input_size, tile_stride)
         recipe["model"]["image_size"] = list(image_size)
+        if image_size == input_size:  # the plain resize keeps the detail: no tiles, so no training tiles
+            recipe["model"]["train_tiles"] = None
     image_size = tuple(image_size)
     # Every model gets the statistics its (Lite0) weights were trained with, and the same resize.
     mean, std = FrozenBackbone(feature_network(BASELINE_BACKBONE)).input_statistics
@@ -366,7 +369,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     collector = MapCollector()
     engine = Engine(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         default_root_dir=output / "runs" / name,
         logger=False,
@@ -468,8 +471,8 @@ class MapCollector(Callback):
         """Store the batch's maps and masks as (H, W) arrays."""
         del trainer, pl_module, batch, batch_idx, dataloader_idx
         size = outputs.anomaly_map.shape[-2:]
-        self.maps.extend(outputs.anomaly_map.float().reshape(-1, *size).numpy())
-        self.masks.extend(outputs.gt_mask.bool().reshape(-1, *size).numpy())
+        self.maps.extend(outputs.anomaly_map.float().reshape(-1, *size).cpu().numpy())
+        self.masks.extend(outputs.gt_mask.bool().reshape(-1, *size).cpu().numpy())
         self.paths.extend(str(path) for path in outputs.image_path)
 
     @staticmethod
@@ -492,6 +495,8 @@ class MapCollector(Callback):
     def save_panel_maps(self, path: Path) -> None:
         """Save the maps of the first ``PANEL_IMAGES_PER_DEFECT`` images (sorted by path) of every defect type."""
         chosen = panel_selection(self.paths)
+        if not chosen:  # no defective image among those tested: no panel (the report leaves it out)
+            return
         np.savez_compressed(
             path,
             paths=np.array([self.paths[i] for i in chosen]),
@@ -736,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="antialiased resize for every model (training and test; exported graphs never antialias)",
     )
     parser.add_argument("--seed", type=int, default=133)
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes per model")
     parser.add_argument("--job", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     output = Path(args.output)

@@ -17,6 +17,7 @@ that changes the numerics, it is not an equal-maths variant.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -24,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from _common import REPO as REPO_ROOT
+from _common import commit, cpu_name
 
 
 def worker(config: dict) -> dict:
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--compare-tree", type=Path, help="another checkout of this repository to time first")
     parser.add_argument("--bf16", action="store_true", help="also time the step under CPU bf16 autocast")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--output", type=Path, default=None, help="also write the report here (markdown)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -120,24 +123,42 @@ def main() -> None:
     trees = [args.compare_tree, REPO_ROOT] if args.compare_tree else [REPO_ROOT]
     results = [run_tree(tree, config) for tree in trees]
     setting = f"{args.backbone}, {args.size} x {args.size}, batch {args.batch}, {args.threads} threads"
-    print(f"{setting}, {widths or 'paper widths'}")
-    print("| tree | GFLOP/step | FP32 s/step (min / median) | GFLOP/s | bf16 s/step | bf16 speed-up |")
-    print("|---|---|---|---|---|---|")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# UniAS training step on CPU",
+        "",
+        f"`python benchmarks/train_step.py {' '.join(sys.argv[1:])}` ({stamp}, commit {commit()}, {cpu_name()}).",
+        "",
+        f"{setting}, {widths or 'paper widths'}",
+        "",
+        "| tree | GFLOP/step | FP32 s/step (min / median) | GFLOP/s | bf16 s/step | bf16 speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for result in results:
         fp32 = result["fp32_s"]
         median = fp32[len(fp32) // 2]
         bf16 = result.get("bf16_s")
         bf16_text = f"{bf16[len(bf16) // 2]:.2f} | {median / bf16[len(bf16) // 2]:.2f}x" if bf16 else "- | -"
-        print(f"| {result['tree']} | {result['gflop']:.0f} | {fp32[0]:.2f} / {median:.2f} | "
-              f"{result['gflop'] / median:.0f} | {bf16_text} |")  # fmt: skip
+        lines.append(f"| {result['tree']} | {result['gflop']:.0f} | {fp32[0]:.2f} / {median:.2f} | "
+                     f"{result['gflop'] / median:.0f} | {bf16_text} |")  # fmt: skip
     if len(results) == 2:
         old, new = (r["fp32_s"][len(r["fp32_s"]) // 2] for r in results)
-        print(f"\nnew / old step time: {new / old:.2f} (speed-up {old / new:.2f}x)")
+        lines.append(f"\nnew / old step time: {new / old:.2f} (speed-up {old / new:.2f}x)")
     for result in results:
         if "top_operators" in result:
-            print(f"\nTop operators by self CPU time, {result['tree']}:")
-            for name, seconds, share in result["top_operators"]:
-                print(f"  {name:45s} {seconds:7.2f} s {share:5.1f} %")
+            lines += [
+                "",
+                f"Top operators by self CPU time, {result['tree']}:",
+                "",
+                "| operator | s | % |",
+                "|---|---|---|",
+            ]
+            lines += [f"| {name} | {seconds:.2f} | {share:.1f} |" for name, seconds, share in result["top_operators"]]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.output:
+        args.output.write_text(report)
+        print(f"Wrote {args.output}")
 
 
 if __name__ == "__main__":

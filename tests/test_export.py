@@ -302,6 +302,7 @@ def test_openvino_fp16_runs_close_to_fp32(
 
 def test_cli_int8_ptq_export_runs(
     cli_int8: tuple[subprocess.Popen, Path, Path],
+    fp32_xml: Path,
     image_files: list[Path],
     references: list[InferenceBatch],
     work: Path,
@@ -316,12 +317,23 @@ def test_cli_int8_ptq_export_runs(
     assert xml.is_file()
     model = ov.Core().read_model(xml)
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    # The default variant (map-fp32) keeps the map tail in FP32: every tail op of the FP32 graph is in the
+    # INT8 graph under its name (an unknown name fails here), and none of them reads a quantised input.
+    tail = export_module.anomaly_map_ops(ov.Core().read_model(fp32_xml))
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    assert not set(tail) - set(ops), f"map-tail ops missing from the INT8 graph: {sorted(set(tail) - set(ops))}"
+    quantised = [
+        name
+        for name in tail
+        for value in ops[name].inputs()
+        if value.get_source_output().get_node().get_type_name() == "FakeQuantize"
+    ]
+    assert not quantised, f"map-tail ops with INT8 inputs: {quantised}"
     outputs = _predict(xml, image_files, work, monkeypatch)
     _assert_sane(outputs, TINY["input_size"])
     diff = _differences(outputs, references)
     print(f"\nOpenVINO INT8 (anomalib INT8_PTQ) vs PyTorch eager: {diff}")
     assert diff["map_corr"] > 0.5  # a two-step model; see benchmarks/int8_accuracy.py for real accuracy
-
 
 
 def test_torch_export_predicts_through_torch_inferencer(

@@ -210,6 +210,39 @@ def test_auto_image_size_is_the_data_size_on_the_tile_grid_and_is_stored(tmp_pat
     assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 192]
 
 
+def test_auto_image_size_keeps_the_plain_resize_where_it_loses_no_detail(tmp_path, strips) -> None:
+    from PIL import Image
+
+    from anomalib_unias.data import UnifiedFolder
+    from anomalib_unias.resolution import auto_image_size
+
+    # The rule alone: MTD-like 265 x 375 tiles at 128 x 128 shrink < 4x with aspect change < 2x: no tiling;
+    # 500 x 1258 (thin cracks), 1130 x 460 and 256 x 4096 strips are tiled at about their own size.
+    assert auto_image_size([(265, 375)] * 3, (128, 128)) == (128, 128)
+    assert auto_image_size([(500, 1258)] * 3, (128, 128)) == (512, 1280)
+    assert auto_image_size([(1130, 460)] * 3, (128, 128)) == (1152, 512)
+    assert auto_image_size([(256, 4096)] * 3, (128, 128)) == (256, 4096)
+    # In a model: 70 x 200 strips cut to 70 x 100 (shrink 1.1x / 1.6x at 64 x 64) train untiled, the
+    # train_tiles setting is dropped with the tiling, and the checkpoint rebuilds the untiled model.
+    root = tmp_path / "halves"
+    for source in strips.rglob("*.png"):
+        target = root / source.relative_to(strips)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).crop((0, 0, 100, 70)).save(target)
+    datamodule = UnifiedFolder(root=root, train_batch_size=2, eval_batch_size=2, num_workers=0)
+    model = UniAS(**TINY_UNIAS, image_size="auto", train_tiles=2, visualizer=False)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    assert model.model.tiler is None
+    assert model.model.image_size == (64, 64)
+    assert list(model.pre_processor.transform.transforms[0].size) == [64, 64]
+    (checkpoint,) = tmp_path.rglob("model.ckpt")
+    loaded = UniAS.load_from_checkpoint(checkpoint)
+    assert loaded.model.tiler is None
+    assert list(loaded.hparams["image_size"]) == [64, 64]
+    assert loaded.hparams["train_tiles"] is None
+
+
 def test_a_resize_that_erases_detail_is_reported_once_with_the_fix(tmp_path, strips, caplog) -> None:
     from anomalib_unias.data import UnifiedFolder
 

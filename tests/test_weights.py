@@ -92,6 +92,18 @@ def test_create_backbone_uses_bundled_lite_weights(name: str, channels: list[int
 def test_random_weights_when_not_pre_trained() -> None:
     backbone = create_backbone("tf_efficientnet_b4", pre_trained=False)
     assert backbone.channels == [24, 32, 56, 160]
+    state = backbone.network.state_dict()
+    # Nothing was loaded: BatchNorm statistics are at their initial 0 / 1, the weights are timm's random
+    # initialisation (not constant, finite, centred), and a second build draws other values.
+    for key, tensor in state.items():
+        if key.endswith("running_mean"):
+            assert torch.equal(tensor, torch.zeros_like(tensor)), key
+        elif key.endswith("running_var"):
+            assert torch.equal(tensor, torch.ones_like(tensor)), key
+    stem = state["conv_stem.weight"]
+    assert torch.isfinite(stem).all() and stem.std() > 0.01 and abs(stem.mean()) < 0.05
+    again = create_backbone("tf_efficientnet_b4", pre_trained=False).network.state_dict()["conv_stem.weight"]
+    assert not torch.equal(stem, again)
 
 
 @pytest.mark.parametrize(
