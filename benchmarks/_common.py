@@ -1,11 +1,13 @@
-"""Helpers shared by the benchmark scripts: where things are, the machine, the test-set halves."""
+"""Helpers shared by the benchmark scripts: where things are, the machine, timing and memory, the test-set halves."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +20,12 @@ def data_root(name: str) -> Path:
     return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data")) / name
 
 
+SIMD_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_int8": "AMX"}
+"""The /proc/cpuinfo flags that change PyTorch and OpenVINO speed, and how result files name them."""
+
+
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), and the SIMD extensions that matter for speed."""
+    """The CPU's model name (``/proc/cpuinfo``), and the SIMD extensions of :data:`SIMD_FLAGS` it has."""
     name, flags = platform.processor() or "unknown CPU", set()
     cpuinfo = Path("/proc/cpuinfo")
     for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
@@ -28,9 +34,43 @@ def cpu_name() -> str:
             name = value.strip()
         elif key.strip() == "flags":
             flags = set(value.split())
-    simd = [label for flag, label in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "BF16"),
-                                      ("amx_int8", "AMX")) if flag in flags]  # fmt: skip
+    simd = [label for flag, label in SIMD_FLAGS.items() if flag in flags]
     return f"{name} ({', '.join(simd) or 'no AVX2'})"
+
+
+def median_seconds(
+    call: Callable[[], object], repeats: int, warmups: int = 1, wait: Callable[[], object] = lambda: None
+) -> float:
+    """Median wall seconds of ``call()`` over ``repeats`` calls after ``warmups`` untimed ones.
+
+    ``wait`` runs after each call inside the timing (e.g. ``torch.cuda.synchronize``).  The median, because a
+    call that shares the cores with another process can be many times slower (OpenMP threads wait for a
+    descheduled sibling).
+    """
+    for _ in range(warmups):
+        call()
+    wait()
+    durations = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        wait()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB: ``VmHWM`` of /proc/self/status.
+
+    Unlike ``getrusage``'s ``ru_maxrss``, which Linux carries over an exec (after a fork: the parent's peak), it
+    starts afresh with each program, so a worker process reports its own peak.  (A parent reads its finished
+    children's largest peak with ``getrusage(RUSAGE_CHILDREN)``.)
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    msg = "no VmHWM line in /proc/self/status (Linux only)"
+    raise OSError(msg)
 
 
 HALVES = ("select", "holdout")

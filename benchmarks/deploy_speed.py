@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import os
-import platform
-import resource
-import statistics
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from _common import REPO, commit, cpu_name, median_seconds, peak_rss_mib
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
 TRAIN_BATCH_SIZE = 8
 BACKBONES = ("tf_efficientnet_b4", "tf_efficientnet_lite0")
 WIDTHS = {
@@ -60,57 +60,7 @@ OPENVINO_PRECISIONS = ("fp32", "fp16", "int8-map-fp32")
 """The OpenVINO models timed; INT8 is the shipped variant (``INT8_PTQ``: the map tail kept in FP32)."""
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB.
-
-    ``VmHWM`` of /proc/self/status: unlike ``getrusage``'s ``ru_maxrss``, which keeps the parent's peak
-    across fork + exec, it starts afresh in each worker process.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_description() -> dict[str, Any]:
-    """CPU model name, usable cores and the SIMD flags that matter for PyTorch and OpenVINO speed."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
-    return {
-        "name": name,
-        "cores": len(os.sched_getaffinity(0)),
-        "flags": {flag: flag in flags for flag in wanted},
-    }
-
-
 # --------------------------------------------------------------------------------------------- workers
-def _time_calls(call: Any, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` calls after one warm-up call.
-
-    The median, because a call that shares the cores with another process can be many times slower
-    (OpenMP threads wait for a descheduled sibling).
-    """
-    call()
-    durations = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations)
-
-
 def _build_model(spec: dict[str, Any]) -> Any:
     import torch
 
@@ -137,7 +87,7 @@ def worker_torch_eval(spec: dict[str, Any]) -> list[dict[str, Any]]:
     with torch.inference_mode():
         for batch in spec["batch_sizes"]:
             images = torch.rand(batch, 3, *spec["image"])
-            seconds = _time_calls(lambda images=images: model(images), spec["repeats"])
+            seconds = median_seconds(lambda images=images: model(images), spec["repeats"])
             rows.append({"batch": batch, "images_per_s": batch / seconds, "peak_rss_mib": peak_rss_mib()})
     return rows
 
@@ -159,7 +109,7 @@ def worker_torch_train(spec: dict[str, Any]) -> list[dict[str, Any]]:
         module.configure_gradient_clipping(optimizer, clip, "norm")
         optimizer.step()
 
-    seconds = _time_calls(step, spec["train_repeats"])
+    seconds = median_seconds(step, spec["train_repeats"])
     return [{"batch": TRAIN_BATCH_SIZE, "seconds_per_step": seconds, "peak_rss_mib": peak_rss_mib()}]
 
 
@@ -176,7 +126,7 @@ def worker_openvino(spec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for batch in spec["batch_sizes"]:
         images = rng.random((batch, 3, *spec["image"]), dtype=np.float32)
-        seconds = _time_calls(lambda images=images: request.infer({0: images}), spec["repeats"])
+        seconds = median_seconds(lambda images=images: request.infer({0: images}), spec["repeats"])
         rows.append(
             {
                 "batch": batch,
@@ -193,7 +143,7 @@ WORKERS = {"torch-eval": worker_torch_eval, "torch-train": worker_torch_train, "
 
 def run_worker(kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Run one configuration in a fresh interpreter; its last stdout line is the JSON result."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
         [sys.executable, __file__, "--worker", kind, json.dumps(spec)],
         capture_output=True,
@@ -261,12 +211,14 @@ def _reference_applies(row: dict) -> bool:
     return row["backbone"] == "tf_efficientnet_b4" and row["image"] == "224x224" and row["widths"] == "paper"
 
 
-def markdown_report(rows: list[dict], cpu: dict[str, Any], args: argparse.Namespace) -> str:
-    flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in cpu["flags"].items())
+def markdown_report(rows: list[dict], args: argparse.Namespace) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# UniAS deployment speed ({'quick smoke test, ' if args.quick else ''}{args.widths} widths)",
         "",
-        f"CPU: {cpu['name']}, {cpu['cores']} usable cores; {flags}.  Threads: {args.threads}.  "
+        f"`{args.command}` ({stamp}, commit {commit()}).",
+        "",
+        f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} usable cores.  Threads: {args.threads}.  "
         f"Images {args.image_size[0]} x {args.image_size[1]}"
         + (
             f", tiled into {args.size} x {args.size} tiles"
@@ -336,6 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny widths at 64 x 64, Lite0 only")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/deploy_speed.py", *(sys.argv[1:] if argv is None else argv)])
     quick = args.quick
     args.backbones = args.backbones or (list(BACKBONES[1:]) if quick else list(BACKBONES))
     args.repeats = args.repeats or (3 if quick else 6)
@@ -350,7 +303,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cpu = cpu_description()
     start = time.perf_counter()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="unias_deploy_speed_") as tmp:
@@ -360,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for backbone in args.backbones:
             rows += measure_backbone(backbone, args, work, calibration)
-    report = markdown_report(rows, cpu, args)
+    report = markdown_report(rows, args)
     print(report)
     args.output.mkdir(parents=True, exist_ok=True)
     stem = "deploy_speed_quick" if args.quick else "deploy_speed"

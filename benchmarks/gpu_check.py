@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from _common import REPO, data_root
+from _common import REPO, data_root, median_seconds
 
 MTD = data_root("mtd")
 
@@ -61,20 +61,6 @@ def build_model(device: torch.device, quick: bool):  # noqa: ANN201
     return UniAS(**settings, pre_trained=False).to(device), settings.get("input_size", (224, 224))
 
 
-def time_calls(function, device: torch.device, repeats: int) -> float:  # noqa: ANN001
-    """Median seconds of ``function()`` after two warm-up calls."""
-    for _ in range(2):
-        function()
-    synchronise(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronise(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def inference_table(device: torch.device, quick: bool, repeats: int) -> list[str]:
     model, size = build_model(device, quick)
     model.eval()
@@ -89,7 +75,7 @@ def inference_table(device: torch.device, quick: bool, repeats: int) -> list[str
                 with torch.inference_mode(), autocast(device, precision):
                     model.model(images)
 
-            seconds = time_calls(run, device, repeats)
+            seconds = median_seconds(run, repeats, warmups=2, wait=lambda: synchronise(device))
             rows.append(
                 f"| {precision} | {batch} | {batch / seconds:.1f} | {1000 * seconds / batch:.2f} | "
                 f"{peak_memory_gb(device):.2f} |"
@@ -119,7 +105,7 @@ def training_table(device: torch.device, quick: bool, repeats: int) -> list[str]
             scaler.step(optimizer)
             scaler.update()
 
-        seconds = time_calls(step, device, repeats)
+        seconds = median_seconds(step, repeats, warmups=2, wait=lambda: synchronise(device))
         rows.append(f"| {precision} | {batch} | {seconds:.3f} | {batch / seconds:.1f} | {peak_memory_gb(device):.2f} |")
     return rows
 

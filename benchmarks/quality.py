@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import timm
 import torch
 import yaml
-from _common import HALVES, REPO, assign_halves, cpu_name, data_root
+from _common import HALVES, REPO, assign_halves, cpu_name, data_root, peak_rss_mib
 from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.data import ImageBatch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
@@ -405,7 +404,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "train_seconds": round(curve.train_seconds if curve else fit_seconds, 1),
         "test_seconds": round(test_seconds, 1),
         "test_images": len(collector.paths),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb": round(peak_rss_mib() / 1024, 2),
         "input_size": list(input_size),
         "image_size": list(image_size),
         "tile_stride": list(tile_stride),
