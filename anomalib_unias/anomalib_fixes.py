@@ -34,6 +34,7 @@ from typing import Any
 
 from lightning.pytorch import seed_everything
 
+from .architecture import Architecture
 from .checkpointing import read_hyper_parameters
 
 
@@ -56,9 +57,8 @@ def fix_cli(module: ModuleType) -> None:
     cli_class.before_instantiate_classes = before_instantiate_classes
 
 
-ARCHITECTURE_ARGUMENTS = (
-    "backbone", "input_size", "input_mean", "input_std", "image_size", "tile_stride", "pixel_dim", "hidden_dim",
-    "num_heads", "ffn_dim", "num_encoder_layers", "neighbour_size",
+CHECKPOINT_ARGUMENTS = (
+    "backbone", "input_mean", "input_std", "image_size", "tile_stride", *Architecture.weight_fields()
 )  # fmt: skip
 """The UniAS arguments that shape the state dict or what it is fed: taken from the checkpoint; the rest stay the
 command line's."""
@@ -70,7 +70,7 @@ def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
     anomalib builds the model from the command line (defaults for anything not given: B4 at 224 with
     paper widths, downloading ImageNet weights) and only then loads the checkpoint's tensors, which fail
     to fit any checkpoint trained with other settings.  A UniAS checkpoint stores every constructor
-    argument; those that shape the state dict (:data:`ARCHITECTURE_ARGUMENTS`) replace the command
+    argument; those that shape the state dict (:data:`CHECKPOINT_ARGUMENTS`) replace the command
     line's, with ``pre_trained=False`` (the backbone's weights are in the checkpoint), as ``anomalib
     export`` does through ``load_from_checkpoint``; others (e.g. ``int8_variant``) stay the command line's.
     """
@@ -81,7 +81,7 @@ def _use_checkpoint_settings(subcommand: str, config: Any) -> None:
         return
     init_args = model.get("init_args")
     stored = read_hyper_parameters(ckpt_path)
-    for key in ARCHITECTURE_ARGUMENTS:
+    for key in CHECKPOINT_ARGUMENTS:
         if key in stored:
             value = stored[key]
             init_args[key] = list(value) if isinstance(value, tuple) else value
@@ -99,18 +99,13 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     if model is None or not _is_unias(model.get("class_path")):
         return
     from .backbone import check_backbone_name  # noqa: PLC0415
-    from .validation import (  # noqa: PLC0415
-        check_architecture,
-        check_map,
-        check_normalization,
-        check_recipe,
-        check_tiling,
-    )
+    from .validation import check_map, check_normalization, check_recipe, check_tiling  # noqa: PLC0415
 
     args = dict(vars(model.get("init_args")))
     try:
         check_backbone_name(str(args["backbone"]))
-        for check in (check_architecture, check_map, check_normalization, check_recipe, check_tiling):
+        Architecture.from_arguments(args)
+        for check in (check_map, check_normalization, check_recipe, check_tiling):
             check(**{key: args[key] for key in inspect.signature(check).parameters})
     except ValueError as error:
         print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)

@@ -39,23 +39,18 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .anomaly_map import MapFusion
+from .architecture import Architecture
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
-from .callbacks import CategoryTablePrinter, EpochProgressLine, LastCheckpoint
+from .callbacks import CategoryTableLogger, EpochProgressLine, LastCheckpoint
 from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
+from .errors import UniASArgumentError
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
 from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
-from .validation import (
-    UniASArgumentError,
-    check_architecture,
-    check_map,
-    check_normalization,
-    check_recipe,
-    check_tiling,
-)
+from .validation import check_map, check_normalization, check_recipe, check_tiling
 from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
@@ -201,20 +196,8 @@ class UniAS(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        architecture = {
-            "input_size": input_size,
-            "pixel_dim": pixel_dim,
-            "hidden_dim": hidden_dim,
-            "num_heads": num_heads,
-            "ffn_dim": ffn_dim,
-            "num_encoder_layers": num_encoder_layers,
-            "neighbour_size": neighbour_size,
-            "dropout": dropout,
-            "jitter_scale": jitter_scale,
-            "jitter_prob": jitter_prob,
-            "loss_weight": loss_weight,
-        }
-        input_size = architecture["input_size"] = check_architecture(**architecture)
+        architecture = Architecture.from_arguments(locals())
+        input_size = architecture.input_size
         check_recipe(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -247,12 +230,12 @@ class UniAS(AnomalibModule):
         self.hparams.update(input_mean=input_mean, input_std=input_std)
         self.model = UniASModel(
             backbone=frozen_backbone,
+            architecture=architecture,
             legacy_cos_sign=legacy_cos_sign,
             map_fusion=map_fusion,
             map_strides=map_strides,
             hard_mining=hard_mining,
             hard_mining_warmup=hard_mining_warmup,
-            **architecture,
             **tiling,
         )
         self.learning_rate = learning_rate
@@ -314,7 +297,7 @@ class UniAS(AnomalibModule):
         """Anomalib's component callbacks, ``last.ckpt`` and a progress line every epoch, the table after testing."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, LastCheckpoint(), EpochProgressLine(), CategoryTablePrinter()]
+        return [*callbacks, LastCheckpoint(), EpochProgressLine(), CategoryTableLogger()]
 
     def setup(self, stage: str) -> None:
         """Once per model: resolve ``image_size="auto"`` from the data, or warn if the resolution erases detail.

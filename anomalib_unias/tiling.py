@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 from anomalib.data.utils.tiler import Tiler
 
-from .validation import UniASArgumentError, check_tiling
+from .errors import UniASArgumentError
+from .validation import check_tiling
 
 
 def make_tiler(tile_size: Sequence[int], stride: Sequence[int]) -> Tiler:

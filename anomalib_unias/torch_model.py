@@ -20,11 +20,12 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator, MapFusion
+from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, Architecture
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
 from .tiling import Tiler, check_tiler, make_tiler, random_tiles
-from .validation import QUERY_STRIDE, check_architecture, check_map, check_tiling
+from .validation import check_map, check_tiling
 
 
 @dataclass
@@ -35,28 +36,12 @@ class Reconstruction:
     reconstructions: list[torch.Tensor]
 
 
-def query_grid(input_size: tuple[int, int]) -> tuple[int, int]:
-    """Return the query grid (H / 16, W / 16) of a checked input size."""
-    height, width = input_size
-    return height // QUERY_STRIDE, width // QUERY_STRIDE
-
-
 class UniASHead(nn.Module):
     """Everything after the backbone taps: the trainable part of UniAS plus its loss and anomaly map.
 
     Args:
         feature_channels: Backbone tap channels, fine to coarse (B4: 24, 32, 56, 160).
-        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224).
-        pixel_dim: Pixel-decoder width (paper: 256).
-        hidden_dim: Query width (paper: 256).
-        num_heads: Attention heads everywhere (paper: 4).
-        ffn_dim: FFN width everywhere (paper: 2048).
-        num_encoder_layers: Pixel-decoder encoder depth (paper: 3).
-        neighbour_size: Side of the blocked attention window (paper: 7).
-        dropout: Transformer dropout (paper: 0.1).
-        jitter_scale: Feature-jitter scale (paper: 20).
-        jitter_prob: Feature-jitter probability per level (paper: 0.5).
-        loss_weight: Loss weight (paper: 10 on MVTec AD).
+        architecture: Input size, widths, depths, neighbourhood, jitter and loss weight (paper values by default).
         legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
         map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`).
         map_strides: Strides of the levels fused into the map; ``None`` = all four (paper).
@@ -66,18 +51,9 @@ class UniASHead(nn.Module):
 
     def __init__(
         self,
-        feature_channels: list[int],
-        input_size: tuple[int, int] = (224, 224),
-        pixel_dim: int = 256,
-        hidden_dim: int = 256,
-        num_heads: int = 4,
-        ffn_dim: int = 2048,
-        num_encoder_layers: int = 3,
-        neighbour_size: int = 7,
-        dropout: float = 0.1,
-        jitter_scale: float = 20.0,
-        jitter_prob: float = 0.5,
-        loss_weight: float = 10.0,
+        feature_channels: Sequence[int],
+        architecture: Architecture = PAPER_ARCHITECTURE,
+        *,
         legacy_cos_sign: bool = False,
         map_fusion: MapFusion = "product",
         map_strides: Sequence[int] | None = None,
@@ -86,51 +62,42 @@ class UniASHead(nn.Module):
     ) -> None:
         super().__init__()
         fused_levels = check_map(map_fusion=map_fusion, map_strides=map_strides)
-        input_size = check_architecture(
-            input_size=input_size,
-            pixel_dim=pixel_dim,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            neighbour_size=neighbour_size,
-            dropout=dropout,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            loss_weight=loss_weight,
-        )
-        self.input_size = input_size
-        grid = query_grid(input_size)
+        self.architecture = architecture
+        self.input_size = architecture.input_size
+        grid = architecture.query_grid
         coarse_to_fine = list(reversed(feature_channels))
-        self.level_names = tuple(f"stride{QUERY_STRIDE >> level}" for level in range(len(coarse_to_fine)))
-        self.feature_preparation = FeaturePreparation(jitter_scale=jitter_scale, jitter_prob=jitter_prob)
+        self.level_names = tuple(f"stride{stride}" for stride in LEVEL_STRIDES[: len(coarse_to_fine)])
+        self.feature_preparation = FeaturePreparation(
+            jitter_scale=architecture.jitter_scale, jitter_prob=architecture.jitter_prob
+        )
         self.pixel_decoder = PixelDecoder(
             in_channels=[2 * c for c in coarse_to_fine],
             grid_size=grid,
-            dim=pixel_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            dropout=dropout,
+            dim=architecture.pixel_dim,
+            num_heads=architecture.num_heads,
+            ffn_dim=architecture.ffn_dim,
+            num_encoder_layers=architecture.num_encoder_layers,
+            dropout=architecture.dropout,
+            norm_groups=GROUP_NORM_GROUPS,
         )
         self.decoder = HybridDecoder(
             target_channels=coarse_to_fine,
             grid_size=grid,
-            pixel_dim=pixel_dim,
-            dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            neighbour_size=neighbour_size,
-            dropout=dropout,
+            pixel_dim=architecture.pixel_dim,
+            dim=architecture.hidden_dim,
+            num_heads=architecture.num_heads,
+            ffn_dim=architecture.ffn_dim,
+            neighbour_size=architecture.neighbour_size,
+            dropout=architecture.dropout,
         )
         self.loss = UniASLoss(
-            weight=loss_weight,
+            weight=architecture.loss_weight,
             legacy_cos_sign=legacy_cos_sign,
             hard_mining=hard_mining,
             hard_mining_warmup=hard_mining_warmup,
         )
         self.anomaly_map = AnomalyMapGenerator(
-            num_levels=len(feature_channels), input_size=input_size, fusion=map_fusion, fused_levels=fused_levels
+            num_levels=len(feature_channels), input_size=self.input_size, fusion=map_fusion, fused_levels=fused_levels
         )
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
@@ -155,45 +122,31 @@ class UniASHead(nn.Module):
 class UniASModel(nn.Module):
     """UniAS: a frozen backbone and the :class:`UniASHead`, optionally over tiles of a larger image.
 
-    With ``image_size`` larger than ``input_size`` the model takes ``image_size`` images, cuts them into
-    ``input_size`` tiles (anomalib's :class:`~anomalib.data.utils.tiler.Tiler`, :attr:`tiler`), and returns
-    the untiled full-size map (:mod:`anomalib_unias.tiling`).  anomalib's ``TilerConfigurationCallback``
-    may set :attr:`tiler` too; a tiler that does not fit is refused.
+    With ``image_size`` larger than the architecture's ``input_size`` the model takes ``image_size``
+    images, cuts them into ``input_size`` tiles (anomalib's :class:`~anomalib.data.utils.tiler.Tiler`,
+    :attr:`tiler`), and returns the untiled full-size map (:mod:`anomalib_unias.tiling`).  anomalib's
+    ``TilerConfigurationCallback`` may set :attr:`tiler` too; a tiler that does not fit is refused.
 
     Args:
         backbone: The frozen feature network (see :func:`anomalib_unias.backbone.create_backbone`), tapped
             at strides 2, 4, 8 and 16.
-        input_size: Model input (H, W), multiples of 16 (paper: 224 x 224); with tiling, the tile.
+        architecture: Input size (with tiling: the tile), widths, depths, neighbourhood, jitter and loss weight
+            (paper values by default).
+        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
+        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps.
+        map_strides: Strides of the levels fused into the map; ``None`` = all four (paper).
+        hard_mining: ``None`` (paper loss) or Dinomaly's hard-mining share.
+        hard_mining_warmup: Training steps over which the hard-mining share ramps up.
         image_size: Size (H, W) of the images the model takes; ``None`` = ``input_size`` (no tiling).
         tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).
         train_tiles: Tiles per image per training step, cut at random positions; ``None`` = every grid tile.
-        pixel_dim: Pixel-decoder width (paper: 256).
-        hidden_dim: Query width (paper: 256).
-        num_heads: Attention heads everywhere (paper: 4).
-        ffn_dim: FFN width everywhere (paper: 2048).
-        num_encoder_layers: Pixel-decoder encoder depth (paper: 3).
-        neighbour_size: Side of the blocked attention window (paper: 7).
-        dropout: Transformer dropout (paper: 0.1).
-        jitter_scale: Feature-jitter scale (paper: 20).
-        jitter_prob: Feature-jitter probability per level (paper: 0.5).
-        loss_weight: Loss weight (paper: 10 on MVTec AD).
-        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
     """
 
     def __init__(
         self,
         backbone: FrozenBackbone,
-        input_size: tuple[int, int] = (224, 224),
-        pixel_dim: int = 256,
-        hidden_dim: int = 256,
-        num_heads: int = 4,
-        ffn_dim: int = 2048,
-        num_encoder_layers: int = 3,
-        neighbour_size: int = 7,
-        dropout: float = 0.1,
-        jitter_scale: float = 20.0,
-        jitter_prob: float = 0.5,
-        loss_weight: float = 10.0,
+        architecture: Architecture = PAPER_ARCHITECTURE,
+        *,
         legacy_cos_sign: bool = False,
         map_fusion: MapFusion = "product",
         map_strides: Sequence[int] | None = None,
@@ -205,7 +158,7 @@ class UniASModel(nn.Module):
     ) -> None:
         super().__init__()
         strides = list(backbone.reductions)
-        if strides != [2, 4, 8, 16]:
+        if strides != list(reversed(LEVEL_STRIDES)):
             msg = (
                 f"UniAS reads exactly four backbone feature maps, at strides 2, 4, 8 and 16; this backbone has "
                 f"{len(strides)} taps at strides {strides}. Use a timm CNN with feature levels at those strides "
@@ -215,24 +168,14 @@ class UniASModel(nn.Module):
         self.backbone = backbone
         self.head = UniASHead(
             feature_channels=backbone.channels,
-            input_size=input_size,
-            pixel_dim=pixel_dim,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            neighbour_size=neighbour_size,
-            dropout=dropout,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            loss_weight=loss_weight,
+            architecture=architecture,
             legacy_cos_sign=legacy_cos_sign,
             map_fusion=map_fusion,
             map_strides=map_strides,
             hard_mining=hard_mining,
             hard_mining_warmup=hard_mining_warmup,
         )
-        self.input_size = self.head.input_size
+        self.input_size = architecture.input_size
         self._tiler: Tiler | None = None
         self.use_image_size(image_size or self.input_size, tile_stride=tile_stride, train_tiles=train_tiles)
 

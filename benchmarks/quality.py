@@ -55,13 +55,13 @@ from sklearn.metrics import average_precision_score
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_unias import UniAS
+from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.backbone import FrozenBackbone, feature_network, install_bundled_weights
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.lightning_model import RESOLUTION_SAMPLE
 from anomalib_unias.metrics import unias_evaluator
 from anomalib_unias.post_processor import UniASPostProcessor
 from anomalib_unias.resolution import auto_image_size, image_sizes
-from anomalib_unias.validation import LEVEL_STRIDES
 
 DEFAULT_ROOT = data_root("mtd")
 MODELS = ("unias", "patchcore", "padim")

@@ -22,9 +22,9 @@ from anomalib_unias.backbone import WeightsMismatchError, create_backbone
 from anomalib_unias.checkpointing import CheckpointFileError
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.data.reading import DataCheckError, UnreadableFileError, read_image, read_mask
+from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.metrics import PaperDice, PerCategory, format_category_table
 from anomalib_unias.metrics.report import NOT_COMPUTABLE_NOTE
-from anomalib_unias.validation import UniASArgumentError
 
 from .tiny import TINY_UNIAS
 

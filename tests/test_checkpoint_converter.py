@@ -33,7 +33,7 @@ def test_every_reference_key_is_converted_or_deliberately_dropped(tmp_path) -> N
     assert set(dropped) == {key for key in reference if UNUSED_REFERENCE_KEY.match(key)}
     assert len(converted) + len(dropped) == len(reference)
 
-    model = UniASModel(create_backbone("tf_efficientnet_b4", pre_trained=False), input_size=(224, 224))
+    model = UniASModel(create_backbone("tf_efficientnet_b4", pre_trained=False))
     model.load_state_dict(converted, strict=True)  # every model tensor present, none left over, shapes equal
     values = {int(tensor.flatten()[0]) for tensor in converted.values() if tensor.numel()}
     assert len(values) == len(converted)  # no two reference tensors landed on the same model tensor
@@ -41,7 +41,7 @@ def test_every_reference_key_is_converted_or_deliberately_dropped(tmp_path) -> N
     # The same through the file-level loader the README names.
     path = tmp_path / "reference.pth"
     torch.save({"model": reference}, path)
-    fresh = UniASModel(create_backbone("tf_efficientnet_b4", pre_trained=False), input_size=(224, 224))
+    fresh = UniASModel(create_backbone("tf_efficientnet_b4", pre_trained=False))
     assert sorted(load_reference_checkpoint(fresh, path)) == sorted(dropped)
     for key, tensor in fresh.state_dict().items():
         assert torch.equal(tensor, converted[key]), key

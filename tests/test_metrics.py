@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
-from anomalib_unias.callbacks import CategoryTablePrinter
+from anomalib_unias.callbacks import CategoryTableLogger
 from anomalib_unias.metrics import (
     F1MaxDice,
     PaperDice,
@@ -455,10 +455,10 @@ class MapModel(AnomalibModule):
         return LearningType.ONE_CLASS
 
     def configure_callbacks(self):
-        return [*super().configure_callbacks(), CategoryTablePrinter()]
+        return [*super().configure_callbacks(), CategoryTableLogger()]
 
 
-def test_lightning_test_logs_per_category_values_on_raw_scale(capsys):
+def test_lightning_test_logs_per_category_values_on_raw_scale(caplog: pytest.LogCaptureFixture) -> None:
     raw = {}
     for category, seed in (("bottle", 7), ("pcb1", 8)):
         maps, masks = uniaslike_maps(10, seed=seed)
@@ -480,7 +480,8 @@ def test_lightning_test_logs_per_category_values_on_raw_scale(capsys):
         enable_model_summary=False,
     )
     trainer.validate(model, loader)  # fits the post-processor's thresholds on the raw maps
-    (results,) = trainer.test(model, loader)
+    with caplog.at_level("INFO", logger="anomalib_unias"):
+        (results,) = trainer.test(model, loader)
 
     for category, (category_maps, category_masks, _) in raw.items():
         assert results[f"pixel_AP/{category}"] == pytest.approx(pixel_ap(category_maps, category_masks), abs=TOL)
@@ -491,7 +492,7 @@ def test_lightning_test_logs_per_category_values_on_raw_scale(capsys):
     for name in ("image_AUROC", "pixel_AUROC", "pixel_AP", "DSC", "F1max_Dice", "pixel_AUPRO"):
         mean = (results[f"{name}/bottle"] + results[f"{name}/pcb1"]) / 2
         assert results[f"{name}/mean"] == pytest.approx(mean, abs=TOL)
-    table = capsys.readouterr().out
+    table = caplog.text
     assert "| category | image_AUROC | pixel_AUROC | pixel_AP | DSC | F1max_Dice | pixel_AUPRO |" in table
     assert f"| pcb1 | {100 * results['image_AUROC/pcb1']:.2f} |" in table
 

@@ -47,7 +47,7 @@ def parity_run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]
     official, digest = formula_head_state_dict()
     converted, dropped = convert_reference_state_dict(official)
     assert not dropped
-    head = UniASHead([24, 32, 56, 160], input_size=(224, 224))
+    head = UniASHead([24, 32, 56, 160])  # the paper's architecture
     head.load_state_dict({k.removeprefix("head."): v for k, v in converted.items()}, strict=True)
     head.eval().to(device)
 

@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_unias import UniAS
+from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.loss import HARD_MINING_FACTOR, UniASLoss
-from anomalib_unias.validation import UniASArgumentError
 
 from .tiny import TINY_UNIAS
 

@@ -13,8 +13,8 @@ from lightning.pytorch import seed_everything
 
 from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
+from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.tiling import random_tiles
-from anomalib_unias.validation import UniASArgumentError
 
 from .tiny import TINY_UNIAS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from anomalib_unias.architecture import Architecture
 from anomalib_unias.backbone import create_backbone
 from anomalib_unias.components import neighbour_mask
 from anomalib_unias.torch_model import UniASModel
@@ -17,7 +18,8 @@ TINY = {key: TINY_UNIAS[key] for key in ("pixel_dim", "hidden_dim", "ffn_dim", "
 def tiny_model(input_size: tuple[int, int] = (64, 64), neighbour_size: int = 3, **kwargs) -> UniASModel:
     torch.manual_seed(0)
     backbone = create_backbone("tf_efficientnet_lite0", pre_trained=False)
-    return UniASModel(backbone, input_size, neighbour_size=neighbour_size, **{**TINY, **kwargs})
+    architecture = Architecture(input_size=input_size, neighbour_size=neighbour_size, **{**TINY, **kwargs})
+    return UniASModel(backbone, architecture)
 
 
 @pytest.mark.parametrize("input_size", [(64, 64), (128, 96)])
@@ -155,7 +157,7 @@ def test_legacy_cos_sign_changes_only_the_loss_term() -> None:
 def test_backbone_with_a_fifth_tap_is_refused_before_any_forward() -> None:
     backbone = create_backbone("tf_efficientnet_lite0", pre_trained=False, out_indices=(0, 1, 2, 3, 4))
     with pytest.raises(ValueError, match=r"exactly four backbone feature maps.*5 taps at strides \[2, 4, 8, 16, 32\]"):
-        UniASModel(backbone, (64, 64), **TINY)
+        UniASModel(backbone, Architecture(input_size=(64, 64), neighbour_size=3, **TINY))
 
 
 def test_head_names_its_levels_coarse_to_fine() -> None:

@@ -2,15 +2,15 @@
 
 * :class:`LastCheckpoint` (:mod:`.last_checkpoint`): ``last.ckpt`` after every epoch, for an exact resume.
 * :class:`EpochProgressLine` (:mod:`.epoch_progress`): one line per epoch when the progress bar is off.
-* :class:`CategoryTablePrinter` (:mod:`.category_table`): the per-category table after testing.
+* :class:`CategoryTableLogger` (:mod:`.category_table`): the per-category table after testing.
 
-They print to standard output, as Lightning's own test table does: what they report is the result a
-user asked for, shown in the CLI and in a plain Python script alike (``logging`` shows INFO only where
-the application configures it, as anomalib's CLI does and a script usually does not).
+They report through ``logging`` (first process only); the package's logger gets a handler at INFO level
+where the application configured none (``anomalib_unias/__init__.py``, as Lightning does for its own), so
+the lines show in the CLI and in a plain Python script alike.
 """
 
-from .category_table import CategoryTablePrinter
+from .category_table import CategoryTableLogger
 from .epoch_progress import EpochProgressLine
 from .last_checkpoint import LastCheckpoint
 
-__all__ = ["CategoryTablePrinter", "EpochProgressLine", "LastCheckpoint"]
+__all__ = ["CategoryTableLogger", "EpochProgressLine", "LastCheckpoint"]

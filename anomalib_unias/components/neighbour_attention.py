@@ -18,24 +18,13 @@ def neighbour_mask(height: int, width: int, neighbour_size: int) -> torch.Tensor
     """Boolean (N, N) mask over a row-major ``height x width`` grid, ``True`` = may NOT attend.
 
     Query cell ``p`` may not see key cell ``q`` when ``q`` lies in the ``neighbour_size`` window
-    centred on ``p`` (clipped at the border, ``p`` itself included).
-
-    Raises:
-        ValueError: if some query would be left with no key it may attend to.
+    centred on ``p`` (clipped at the border, ``p`` itself included).  Every query keeps some key for
+    the grids an :class:`~anomalib_unias.architecture.Architecture` admits (it checks this rule).
     """
     radius = neighbour_size // 2
     rows = torch.arange(height).repeat_interleave(width)
     cols = torch.arange(width).repeat(height)
     blocked = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
-    if bool(blocked.all(dim=1).any()):
-        largest = 2 * max(height // 2, width // 2) - 1
-        hint = f"or a neighbour_size of at most {largest}" if largest >= 1 else "(a 1x1 grid cannot work)"
-        msg = (
-            f"A {height}x{width} query grid (input size / 16) with neighbour_size={neighbour_size} leaves "
-            f"some query with no key outside its neighbourhood, so its attention would be undefined. "
-            f"Use a larger input size {hint}."
-        )
-        raise ValueError(msg)
     return blocked
 
 
@@ -49,7 +38,8 @@ class SpatialChannelBlock(nn.Module):
 
     Args:
         dim: Query width (paper: 256).
-        num_cells: Number of query-grid cells ``N`` (paper: 196); the channel branch's width.
+        num_cells: Number of query-grid cells ``N`` (paper: 196); the channel branch's width, divisible by
+            ``num_heads`` (an :class:`~anomalib_unias.architecture.Architecture` checks it).
         num_heads: Heads of both branches (paper: 4).
         ffn_dim: FFN hidden width of both branches (paper: 2048).
         dropout: Dropout (paper: 0.1).
@@ -57,13 +47,6 @@ class SpatialChannelBlock(nn.Module):
 
     def __init__(self, dim: int, num_cells: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        if num_cells % num_heads:
-            msg = (
-                f"The channel attention treats each channel's {num_cells}-cell spatial profile as a token, "
-                f"so the number of query-grid cells must be divisible by num_heads={num_heads}. "
-                "Choose another input size or number of heads."
-            )
-            raise ValueError(msg)
         self.spatial_cross_attn = AttentionLayer(dim, num_heads, dropout)
         self.spatial_self_attn = AttentionLayer(dim, num_heads, dropout)
         self.spatial_ffn = FeedForwardLayer(dim, ffn_dim, dropout)

@@ -6,7 +6,7 @@
 * :class:`PerCategoryEvaluator` / :func:`unias_evaluator`: evaluator logging ``<metric>/<category>`` and
   ``<metric>/mean`` for image AUROC, pixel AUROC, pAP (anomalib's ``AUPR``), DSC and AUPRO;
 * :func:`format_category_table`: the per-category table (printed after testing by
-  :class:`~anomalib_unias.callbacks.CategoryTablePrinter`).
+  :class:`~anomalib_unias.callbacks.CategoryTableLogger`).
 """
 
 from .dice import F1MaxDice, PaperDice
