@@ -18,16 +18,13 @@ Two switches, off by default, change only the fusion step (not in the paper):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .architecture import MapFusion
 from .components.layers import GaussianBlur2d
-
-MapFusion = Literal["product", "mean"]
-"""How the level maps are fused: the paper's ``"product"`` or the ``"mean"``."""
 
 
 class AnomalyMapGenerator(nn.Module):

@@ -1,11 +1,11 @@
-"""The UniAS architecture record: every setting that builds the network, checked once, where it is made.
+"""The UniAS architecture record: every setting that builds the head, its loss and its map, checked once.
 
-:class:`Architecture` holds the input size, the widths and depths, the attention neighbourhood and the
-training-time feature jitter and loss weight (paper values by default, docs/design.md §1-5).  Its
-checks run when a record is made, so every module built from one (``UniASModel``, ``UniASHead``, the
-components) can rely on it; the CLI makes one to refuse a bad command line before anything is built.
-Fields marked :data:`SHAPES_WEIGHTS` decide the shape or the meaning of the trained weights: a
-checkpoint's values of those win over a command line's.
+:class:`Architecture` holds the input size, the widths and depths, the attention neighbourhood, the
+training-time feature jitter, the loss (weight, cosine sign, hard mining) and the map fusion (paper
+values by default, docs/design.md §1-6).  Its checks run when a record is made, so every module built
+from one (``UniASModel``, ``UniASHead``, the components) can rely on it; the CLI makes one to refuse a bad
+command line before anything is built.  Fields marked :data:`SHAPES_WEIGHTS` decide the shape or the
+meaning of the trained weights: a checkpoint's values of those win over a command line's.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from .errors import refuse
+
+MapFusion = Literal["product", "mean"]
+"""How the level maps are fused: the paper's ``"product"`` or the ``"mean"``."""
 
 QUERY_STRIDE = 16
 """Backbone stride of the query grid: the grid is ``input_size / 16``."""
@@ -44,6 +47,15 @@ class Architecture:
         jitter_scale: Feature-jitter scale (paper: 20).
         jitter_prob: Feature-jitter probability per level (paper: 0.5).
         loss_weight: Reconstruction loss weight (paper: 10 on MVTec AD, 1 on VisA).
+        legacy_cos_sign: Add ``+cos`` to the loss as the reference code does, instead of the paper's cosine
+            distance ``1 - cos``.
+        hard_mining: ``None`` = the paper's loss; a share ``p`` (Dinomaly: 0.9) = Dinomaly's loose loss with
+            hard mining (:mod:`anomalib_unias.loss`).  Not in the paper.
+        hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
+        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`).
+            Not in the paper.
+        map_strides: Backbone strides of the levels fused into the map, e.g. ``(16, 8)``; ``None`` = all four
+            (paper).  Not in the paper.
 
     Raises:
         UniASArgumentError: naming the first field that cannot work, the rule and a value that works.
@@ -60,6 +72,11 @@ class Architecture:
     jitter_scale: float = 20.0
     jitter_prob: float = 0.5
     loss_weight: float = 10.0
+    legacy_cos_sign: bool = False
+    hard_mining: float | None = None
+    hard_mining_warmup: int = 1000
+    map_fusion: MapFusion = "product"
+    map_strides: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", self._checked_input_size())
@@ -74,6 +91,7 @@ class Architecture:
                 works += f"; or keep the size with a neighbour_size of at most {largest}"
             refuse("input_size", [height, width], problem, works)
         self._check_training_settings()
+        self._check_map()
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> Architecture:
@@ -84,6 +102,13 @@ class Architecture:
     def weight_fields(cls) -> tuple[str, ...]:
         """The fields the trained weights only fit (shapes, heads, mask): a checkpoint's values of them win."""
         return tuple(f.name for f in fields(cls) if f.metadata.get("shapes_weights"))
+
+    @property
+    def fused_levels(self) -> tuple[int, ...]:
+        """Indices (coarse to fine, 0 = stride 16) of the levels fused into the map."""
+        if self.map_strides is None:
+            return tuple(range(len(LEVEL_STRIDES)))
+        return tuple(sorted(LEVEL_STRIDES.index(stride) for stride in self.map_strides))
 
     @property
     def query_grid(self) -> tuple[int, int]:
@@ -143,6 +168,26 @@ class Architecture:
             refuse("jitter_prob", self.jitter_prob, "is a probability and must be in [0, 1]", "0.5 (paper)")
         if not (math.isfinite(self.loss_weight) and self.loss_weight > 0):
             refuse("loss_weight", self.loss_weight, "must be a finite number > 0", "10 (paper, MVTec AD) or 1 (VisA)")
+        if self.hard_mining is not None and not 0 < self.hard_mining < 1:
+            rule = "is a share of pixels and must be in (0, 1), or null (paper loss)"
+            refuse("hard_mining", self.hard_mining, rule, "0.9")
+        if self.hard_mining_warmup < 0:
+            refuse("hard_mining_warmup", self.hard_mining_warmup, "must be 0 or more training steps", "1000")
+
+    def _check_map(self) -> None:
+        if self.map_fusion not in ("product", "mean"):
+            refuse("map_fusion", self.map_fusion, "must be 'product' (paper) or 'mean'", "'product'")
+        if self.map_strides is None:
+            return
+        strides = [int(s) for s in self.map_strides]
+        if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LEVEL_STRIDES):
+            refuse(
+                "map_strides",
+                list(self.map_strides),
+                f"must be distinct level strides out of {list(LEVEL_STRIDES)}, at least one",
+                "null (all four, paper) or [16, 8]",
+            )
+        object.__setattr__(self, "map_strides", tuple(strides))
 
 
 def _grid_problem(height: int, width: int, num_heads: int, neighbour_size: int) -> str | None:

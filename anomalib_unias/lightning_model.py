@@ -38,8 +38,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .anomaly_map import MapFusion
-from .architecture import Architecture
+from .architecture import Architecture, MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .callbacks import CategoryTableLogger, EpochProgressLine, LastCheckpoint
 from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
@@ -50,7 +49,7 @@ from .post_processor import UniASPostProcessor
 from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
-from .validation import check_map, check_normalization, check_recipe, check_tiling
+from .validation import check_normalization, check_recipe, check_tiling
 from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
@@ -205,8 +204,6 @@ class UniAS(AnomalibModule):
             lr_step_epochs=lr_step_epochs,
             lr_gamma=lr_gamma,
             warmup_fraction=warmup_fraction,
-            hard_mining=hard_mining,
-            hard_mining_warmup=hard_mining_warmup,
         )
         tiling = {"image_size": image_size, "tile_stride": tile_stride, "train_tiles": train_tiles}
         image_size, _ = check_tiling(input_size=input_size, **tiling)
@@ -214,7 +211,6 @@ class UniAS(AnomalibModule):
         if self._auto_tiling:
             tiling = {"image_size": None, "tile_stride": None, "train_tiles": None}
         check_normalization(input_mean=input_mean, input_std=input_std)
-        check_map(map_fusion=map_fusion, map_strides=map_strides)
         attached_thresholds = CategoryThresholds.from_json(thresholds) if thresholds else None
         frozen_backbone = create_backbone(backbone, pre_trained=pre_trained, weights=weights)
         backbone_mean, backbone_std = frozen_backbone.input_statistics
@@ -231,11 +227,6 @@ class UniAS(AnomalibModule):
         self.model = UniASModel(
             backbone=frozen_backbone,
             architecture=architecture,
-            legacy_cos_sign=legacy_cos_sign,
-            map_fusion=map_fusion,
-            map_strides=map_strides,
-            hard_mining=hard_mining,
-            hard_mining_warmup=hard_mining_warmup,
             **tiling,
         )
         self.learning_rate = learning_rate

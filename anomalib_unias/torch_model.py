@@ -19,13 +19,13 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator, MapFusion
+from .anomaly_map import AnomalyMapGenerator
 from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, Architecture
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
 from .tiling import Tiler, check_tiler, make_tiler, random_tiles
-from .validation import check_map, check_tiling
+from .validation import check_tiling
 
 
 @dataclass
@@ -41,27 +41,12 @@ class UniASHead(nn.Module):
 
     Args:
         feature_channels: Backbone tap channels, fine to coarse (B4: 24, 32, 56, 160).
-        architecture: Input size, widths, depths, neighbourhood, jitter and loss weight (paper values by default).
-        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
-        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`).
-        map_strides: Strides of the levels fused into the map; ``None`` = all four (paper).
-        hard_mining: ``None`` (paper loss) or Dinomaly's hard-mining share (:mod:`anomalib_unias.loss`).
-        hard_mining_warmup: Training steps over which the hard-mining share ramps up.
+        architecture: Input size, widths, depths, neighbourhood, jitter, loss and map fusion (paper values by
+            default).
     """
 
-    def __init__(
-        self,
-        feature_channels: Sequence[int],
-        architecture: Architecture = PAPER_ARCHITECTURE,
-        *,
-        legacy_cos_sign: bool = False,
-        map_fusion: MapFusion = "product",
-        map_strides: Sequence[int] | None = None,
-        hard_mining: float | None = None,
-        hard_mining_warmup: int = 1000,
-    ) -> None:
+    def __init__(self, feature_channels: Sequence[int], architecture: Architecture = PAPER_ARCHITECTURE) -> None:
         super().__init__()
-        fused_levels = check_map(map_fusion=map_fusion, map_strides=map_strides)
         self.architecture = architecture
         self.input_size = architecture.input_size
         grid = architecture.query_grid
@@ -92,12 +77,15 @@ class UniASHead(nn.Module):
         )
         self.loss = UniASLoss(
             weight=architecture.loss_weight,
-            legacy_cos_sign=legacy_cos_sign,
-            hard_mining=hard_mining,
-            hard_mining_warmup=hard_mining_warmup,
+            legacy_cos_sign=architecture.legacy_cos_sign,
+            hard_mining=architecture.hard_mining,
+            hard_mining_warmup=architecture.hard_mining_warmup,
         )
         self.anomaly_map = AnomalyMapGenerator(
-            num_levels=len(feature_channels), input_size=self.input_size, fusion=map_fusion, fused_levels=fused_levels
+            num_levels=len(feature_channels),
+            input_size=self.input_size,
+            fusion=architecture.map_fusion,
+            fused_levels=architecture.fused_levels,
         )
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
@@ -130,13 +118,8 @@ class UniASModel(nn.Module):
     Args:
         backbone: The frozen feature network (see :func:`anomalib_unias.backbone.create_backbone`), tapped
             at strides 2, 4, 8 and 16.
-        architecture: Input size (with tiling: the tile), widths, depths, neighbourhood, jitter and loss weight
-            (paper values by default).
-        legacy_cos_sign: Reproduce the reference code's ``+cos`` loss term instead of ``1 - cos``.
-        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps.
-        map_strides: Strides of the levels fused into the map; ``None`` = all four (paper).
-        hard_mining: ``None`` (paper loss) or Dinomaly's hard-mining share.
-        hard_mining_warmup: Training steps over which the hard-mining share ramps up.
+        architecture: Input size (with tiling: the tile), widths, depths, neighbourhood, jitter, loss and map
+            fusion (paper values by default).
         image_size: Size (H, W) of the images the model takes; ``None`` = ``input_size`` (no tiling).
         tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).
         train_tiles: Tiles per image per training step, cut at random positions; ``None`` = every grid tile.
@@ -147,11 +130,6 @@ class UniASModel(nn.Module):
         backbone: FrozenBackbone,
         architecture: Architecture = PAPER_ARCHITECTURE,
         *,
-        legacy_cos_sign: bool = False,
-        map_fusion: MapFusion = "product",
-        map_strides: Sequence[int] | None = None,
-        hard_mining: float | None = None,
-        hard_mining_warmup: int = 1000,
         image_size: tuple[int, int] | None = None,
         tile_stride: tuple[int, int] | None = None,
         train_tiles: int | None = None,
@@ -166,15 +144,7 @@ class UniASModel(nn.Module):
             )
             raise ValueError(msg)
         self.backbone = backbone
-        self.head = UniASHead(
-            feature_channels=backbone.channels,
-            architecture=architecture,
-            legacy_cos_sign=legacy_cos_sign,
-            map_fusion=map_fusion,
-            map_strides=map_strides,
-            hard_mining=hard_mining,
-            hard_mining_warmup=hard_mining_warmup,
-        )
+        self.head = UniASHead(feature_channels=backbone.channels, architecture=architecture)
         self.input_size = architecture.input_size
         self._tiler: Tiler | None = None
         self.use_image_size(image_size or self.input_size, tile_stride=tile_stride, train_tiles=train_tiles)

@@ -1,4 +1,4 @@
-"""The constraints on UniAS's arguments outside the architecture record: tiling, map, statistics, recipe.
+"""The constraints on UniAS's arguments outside the architecture record: tiling, statistics, recipe.
 
 The architecture's own checks run when an :class:`~anomalib_unias.architecture.Architecture` is made.
 Each refusal is a :class:`~anomalib_unias.errors.UniASArgumentError` that names the argument, the value,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .architecture import LEVEL_STRIDES, QUERY_STRIDE
+from .architecture import QUERY_STRIDE
 from .errors import refuse
 
 
@@ -109,27 +109,6 @@ def check_tiling(
     return (image[0], image[1]), (stride[0], stride[1])
 
 
-def check_map(*, map_fusion: str, map_strides: Sequence[int] | None) -> tuple[int, ...] | None:
-    """Check the map-fusion switches; return the fused levels (coarse to fine indices) or ``None`` (all).
-
-    Raises:
-        UniASArgumentError: naming the argument, the value and values that work.
-    """
-    if map_fusion not in ("product", "mean"):
-        refuse("map_fusion", map_fusion, "must be 'product' (paper) or 'mean'", "'product'")
-    if map_strides is None:
-        return None
-    strides = [int(s) for s in map_strides]
-    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LEVEL_STRIDES):
-        refuse(
-            "map_strides",
-            list(map_strides),
-            f"must be distinct level strides out of {list(LEVEL_STRIDES)}, at least one",
-            "null (all four, paper) or [16, 8]",
-        )
-    return tuple(sorted(LEVEL_STRIDES.index(s) for s in strides))
-
-
 def check_normalization(*, input_mean: Sequence[float] | None, input_std: Sequence[float] | None) -> None:
     """Check the pre-processor's RGB statistics: three finite means and three finite, positive deviations.
 
@@ -152,10 +131,8 @@ def check_recipe(
     lr_step_epochs: int,
     lr_gamma: float,
     warmup_fraction: float,
-    hard_mining: float | None = None,
-    hard_mining_warmup: int = 1000,
 ) -> None:
-    """Check the optimiser, schedule and loss-variant arguments.
+    """Check the optimiser and schedule arguments.
 
     Raises:
         UniASArgumentError: naming the first argument that cannot work.
@@ -172,7 +149,3 @@ def check_recipe(
         refuse("lr_gamma", lr_gamma, "must be in (0, 1]", "0.1 (paper)")
     if not 0 <= warmup_fraction < 1:
         refuse("warmup_fraction", warmup_fraction, "must be in [0, 1)", "0.05")
-    if hard_mining is not None and not 0 < hard_mining < 1:
-        refuse("hard_mining", hard_mining, "is a share of pixels and must be in (0, 1), or null (paper loss)", "0.9")
-    if hard_mining_warmup < 0:
-        refuse("hard_mining_warmup", hard_mining_warmup, "must be 0 or more training steps", "1000")
