@@ -46,7 +46,7 @@ from .errors import UniASArgumentError
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
-from .resolution import auto_image_size, image_sizes, resolution_advice, typical_size
+from .resolution import auto_tiling, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
 from .validation import check_normalization, check_recipe, check_tiling
@@ -328,17 +328,16 @@ class UniAS(AnomalibModule):
             )
             raise UniASArgumentError(msg)
         stride = tiling["tile_stride"] or (self.model.tile_stride if self.model.tiler else None)
-        resolved = auto_image_size(sizes, self.model.input_size, stride)
+        resolved, train_tiles = auto_tiling(sizes, self.model.input_size, stride, tiling["train_tiles"])
         height, width = typical_size(sizes)
-        self.hparams["image_size"] = list(resolved)
+        self.hparams["image_size"], self.hparams["train_tiles"] = list(resolved), train_tiles
         if resolved == self.model.input_size:
-            self.hparams["train_tiles"] = None
             logger.info(
                 "UniAS image_size 'auto': the images are typically %d x %d; resizing them to input_size %s keeps "
                 "the detail, so no tiling.", height, width, list(resolved),
             )  # fmt: skip
             return False
-        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=tiling["train_tiles"])
+        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=train_tiles)
         (normalize,) = [t for t in self.pre_processor.transform.transforms if isinstance(t, Normalize)]
         transform = self.configure_pre_processor(resolved, mean=normalize.mean, std=normalize.std).transform
         self.pre_processor.transform = transform

@@ -58,6 +58,27 @@ def check_tiler(tiler: Tiler, input_size: Sequence[int], image_size: Sequence[in
     return stride
 
 
+def pyramid_window(tile_size: Sequence[int]) -> torch.Tensor:
+    """Weights (h, w) of a tile's pixels: the product over axes of the distance to the tile's border, plus 1."""
+    tile_h, tile_w = tile_size
+    rows = torch.arange(tile_h)
+    cols = torch.arange(tile_w)
+    weight_h = torch.minimum(rows + 1, tile_h - rows).float()
+    weight_w = torch.minimum(cols + 1, tile_w - cols).float()
+    return weight_h[:, None] * weight_w[None, :]
+
+
+def blend_untile(tiler: Tiler, tile_maps: torch.Tensor) -> torch.Tensor:
+    """Untile ``tile_maps`` (B * tiles, 1, h, w, from the tiler's last ``tile``), overlaps weighted by the window.
+
+    The window is :func:`pyramid_window`.  Where tiles do not overlap this is anomalib's untiling (up to rounding);
+    where they do, each pixel is the window-weighted mean of its tiles' values.
+    """
+    window = pyramid_window(tile_maps.shape[-2:]).to(tile_maps)
+    weights = window.expand_as(tile_maps)
+    return tiler.untile(tile_maps * window) / tiler.untile(weights)
+
+
 def random_tiles(images: torch.Tensor, tile_size: Sequence[int], count: int) -> torch.Tensor:
     """``count`` tiles of ``tile_size`` per image, cut at uniformly random positions: (B * count, C, h, w).
 
@@ -77,4 +98,4 @@ def random_tiles(images: torch.Tensor, tile_size: Sequence[int], count: int) -> 
     )
 
 
-__all__ = ["check_tiler", "make_tiler", "random_tiles"]
+__all__ = ["blend_untile", "check_tiler", "make_tiler", "pyramid_window", "random_tiles"]

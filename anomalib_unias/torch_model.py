@@ -24,7 +24,7 @@ from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, 
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
-from .tiling import Tiler, check_tiler, make_tiler, random_tiles
+from .tiling import Tiler, blend_untile, check_tiler, make_tiler, random_tiles
 from .validation import check_tiling
 
 
@@ -193,9 +193,10 @@ class UniASModel(nn.Module):
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.
 
         With a tiler, training reads the batch's tiles (every grid tile, or :attr:`train_tiles` random ones
-        per image) as samples, and evaluation untiles the tiles' maps into the image's map, whose maximum
-        is the image score.  Evaluation never needs gradients, and anomalib's ``TorchInferencer`` calls the
-        model without switching them off (its ``.numpy()`` then fails on tensors that require grad).
+        per image) as samples, and evaluation untiles the tiles' maps into the image's map (overlaps blended
+        by :func:`~anomalib_unias.tiling.blend_untile`), whose maximum is the image score.  Evaluation never
+        needs gradients, and anomalib's ``TorchInferencer`` calls the model without switching them off (its
+        ``.numpy()`` then fails on tensors that require grad).
         """
         if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:
             msg = (
@@ -216,5 +217,5 @@ class UniASModel(nn.Module):
             if self._tiler is None:
                 return self.head(self.backbone(images))
             tiles = self.head(self.backbone(self._tiler.tile(images)))
-            anomaly_map = self._tiler.untile(tiles.anomaly_map)
+            anomaly_map = blend_untile(self._tiler, tiles.anomaly_map)
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)

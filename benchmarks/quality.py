@@ -61,7 +61,8 @@ from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.lightning_model import RESOLUTION_SAMPLE
 from anomalib_unias.metrics import unias_evaluator
 from anomalib_unias.post_processor import UniASPostProcessor
-from anomalib_unias.resolution import auto_image_size, image_sizes
+from anomalib_unias.resolution import auto_tiling, image_sizes
+from anomalib_unias.tiling import blend_untile
 
 DEFAULT_ROOT = data_root("mtd")
 MODELS = ("unias", "patchcore", "padim")
@@ -220,7 +221,7 @@ def fused_maps(model: UniAS, images: torch.Tensor) -> dict[str, torch.Tensor]:
     for name, (fusion, fused_levels) in {"configured": configured, **FUSIONS}.items():
         generator.fusion, generator.fused_levels = fusion, fused_levels or tuple(range(len(levels)))
         fused = generator.fuse(levels)
-        maps[name] = torch_model.tiler.untile(fused) if torch_model.tiler else fused
+        maps[name] = blend_untile(torch_model.tiler, fused) if torch_model.tiler else fused
     generator.fusion, generator.fused_levels = configured
     return maps
 
@@ -312,10 +313,9 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     if image_size == "auto":  # resolved here, once, so that every model works at the same resolution
         datamodule.setup()
         paths = list(datamodule.train_data.samples.image_path) + list(datamodule.test_data.samples.image_path)
-        image_size = auto_image_size(image_sizes(paths[:RESOLUTION_SAMPLE]), input_size, tile_stride)
-        recipe["model"]["image_size"] = list(image_size)
-        if image_size == input_size:  # the plain resize keeps the detail: no tiles, so no training tiles
-            recipe["model"]["train_tiles"] = None
+        sizes = image_sizes(paths[:RESOLUTION_SAMPLE])
+        image_size, train_tiles = auto_tiling(sizes, input_size, tile_stride, recipe["model"].get("train_tiles"))
+        recipe["model"]["image_size"], recipe["model"]["train_tiles"] = list(image_size), train_tiles
     image_size = tuple(image_size)
     # Every model gets the statistics its (Lite0) weights were trained with, and the same resize.
     mean, std = FrozenBackbone(feature_network(BASELINE_BACKBONE)).input_statistics
@@ -327,9 +327,9 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "evaluator": unias_evaluator(),
         "visualizer": False,
     }
-    # The baselines tile as UniAS does (anomalib's tiler; UniAS sets its own from image_size/tile_stride).
-    tiling = (
-        [TilerConfigurationCallback(enable=True, tile_size=input_size, stride=tile_stride)]
+    # The baselines tile at the same tile size (anomalib's tiler; UniAS sets its own from image_size/tile_stride).
+    tiling = (  # anomalib's plain, non-overlapping tiles: its own way of tiling these models
+        [TilerConfigurationCallback(enable=True, tile_size=input_size, stride=input_size)]
         if image_size != input_size and name != "unias"
         else []
     )
@@ -560,7 +560,8 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     first = next(iter(jobs.values()))["summary"]
     tiling = (
         f"; images resized to {'x'.join(map(str, first['image_size']))}, tiles of "
-        f"{'x'.join(map(str, first['input_size']))} at stride {'x'.join(map(str, first['tile_stride']))}"
+        f"{'x'.join(map(str, first['input_size']))} (UniAS: at stride {'x'.join(map(str, first['tile_stride']))}, "
+        "blended; the baselines: anomalib's non-overlapping tiles)"
         if first.get("image_size", first["input_size"]) != first["input_size"]
         else ""
     )

@@ -40,7 +40,6 @@ TINY = ["--set", *(f"{key}={list(value) if isinstance(value, tuple) else value}"
                    for key, value in TINY_UNIAS.items() if key != "backbone")]  # fmt: skip
 BUDGETS = {  # command prefix -> arguments appended
     "anomalib train --config configs/cpu.yaml": SHORT,
-    "anomalib train --config configs/cpu_tiled.yaml": SHORT,
     "anomalib train --config configs/mtd.yaml": SHORT,
     "anomalib train --config configs/unias.yaml": PAPER,
     "anomalib train --config configs/unias_visa.yaml": PAPER,

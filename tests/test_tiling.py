@@ -56,17 +56,26 @@ def test_non_overlapping_tiles_give_the_per_tile_maps_placed_in_the_canvas() -> 
 
 
 @pytest.mark.usefixtures("float64")
-def test_overlapping_tiles_are_averaged_as_anomalib_does() -> None:
+def test_overlapping_tiles_are_blended_by_the_pyramid_window() -> None:
     model = _tiled(image_size=(64, 128), tile_stride=(64, 32))
     images = torch.rand(1, 3, 64, 128, dtype=torch.float64)
+    # The window by hand: 1 at a tile's border pixel, growing by 1 per pixel towards the centre, per axis.
+    ramp = torch.tensor([min(i + 1, 64 - i) for i in range(64)], dtype=torch.float64)
+    window = ramp[:, None] * ramp[None, :]
     total = torch.zeros(1, 1, 64, 128, dtype=torch.float64)
-    count = torch.zeros_like(total)
+    weight = torch.zeros_like(total)
+    plain = torch.zeros_like(total)
     for left in (0, 32, 64):
-        total[..., left : left + 64] += _tile_map(model, images[..., left : left + 64])
-        count[..., left : left + 64] += 1
-    expected = total / count
+        tile_map = _tile_map(model, images[..., left : left + 64])
+        total[..., left : left + 64] += window * tile_map
+        weight[..., left : left + 64] += window
+        plain[..., left : left + 64] += tile_map
+    expected = total / weight
     tiled = model.model(images).anomaly_map
     assert (tiled - expected).abs().max() <= 1e-6 * (expected.max() - expected.min())
+    # Not anomalib's plain average: where two tiles overlap, the one holding the pixel nearer its centre weighs more.
+    average = plain / torch.tensor([1.0] * 32 + [2.0] * 64 + [1.0] * 32, dtype=torch.float64)
+    assert (tiled - average).abs().max() > 1e-3 * (expected.max() - expected.min())
 
 
 class _TileCounter:
@@ -198,16 +207,16 @@ def test_auto_image_size_is_the_data_size_on_the_tile_grid_and_is_stored(tmp_pat
     model = UniAS(**TINY_UNIAS, image_size="auto", train_tiles=2, visualizer=False)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     engine.fit(model=model, datamodule=datamodule)
-    assert model.model.image_size == (64, 192)  # 70 x 200 on the 64-px tile grid
+    assert model.model.image_size == (64, 128)  # half of 70 x 200 on the 64-px tile grid
     assert model.model.train_tiles == 2
-    assert list(model.pre_processor.transform.transforms[0].size) == [64, 192]
+    assert list(model.pre_processor.transform.transforms[0].size) == [64, 128]
     for dataset in (datamodule.train_data, datamodule.test_data):  # anomalib resizes in the datasets too
         transforms = getattr(dataset.augmentations, "transforms", [dataset.augmentations])
-        assert [list(t.size) for t in transforms if hasattr(t, "size")] == [[64, 192]]
+        assert [list(t.size) for t in transforms if hasattr(t, "size")] == [[64, 128]]
     (checkpoint,) = tmp_path.rglob("model.ckpt")
     loaded = UniAS.load_from_checkpoint(checkpoint)
-    assert loaded.model.image_size == (64, 192)
-    assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 192]
+    assert loaded.model.image_size == (64, 128)
+    assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 128]
 
 
 def test_auto_image_size_keeps_the_plain_resize_where_it_loses_no_detail(tmp_path, strips) -> None:
@@ -217,11 +226,13 @@ def test_auto_image_size_keeps_the_plain_resize_where_it_loses_no_detail(tmp_pat
     from anomalib_unias.resolution import auto_image_size
 
     # The rule alone: MTD-like 265 x 375 tiles at 128 x 128 shrink < 4x with aspect change < 2x: no tiling;
-    # 500 x 1258 (thin cracks), 1130 x 460 and 256 x 4096 strips are tiled at about their own size.
+    # 500 x 1258 (thin cracks), 1130 x 460 and 256 x 4096 strips are tiled at half their own size; a huge
+    # image at no more than 1.5 Mpixel.
     assert auto_image_size([(265, 375)] * 3, (128, 128)) == (128, 128)
-    assert auto_image_size([(500, 1258)] * 3, (128, 128)) == (512, 1280)
-    assert auto_image_size([(1130, 460)] * 3, (128, 128)) == (1152, 512)
-    assert auto_image_size([(256, 4096)] * 3, (128, 128)) == (256, 4096)
+    assert auto_image_size([(500, 1258)] * 3, (128, 128)) == (256, 640)
+    assert auto_image_size([(1130, 460)] * 3, (128, 128)) == (512, 256)
+    assert auto_image_size([(256, 4096)] * 3, (128, 128)) == (128, 2048)
+    assert auto_image_size([(4000, 6000)] * 3, (128, 128)) == (1024, 1536)
     # In a model: 70 x 200 strips cut to 70 x 100 (shrink 1.1x / 1.6x at 64 x 64) train untiled, the
     # train_tiles setting is dropped with the tiling, and the checkpoint rebuilds the untiled model.
     root = tmp_path / "halves"
@@ -255,7 +266,7 @@ def test_a_resize_that_erases_detail_is_reported_once_with_the_fix(tmp_path, str
     (advice,) = [record.getMessage() for record in caplog.records if "typically 70 x 200" in record.getMessage()]
     assert "the height shrinks 2.2x and the width 6.2x" in advice
     assert "aspect ratio 2.86 -> 1.00" in advice
-    assert "image_size to [64, 192] or 'auto'" in advice
+    assert "image_size to [32, 96] or 'auto'" in advice
 
 
 def test_a_tiled_model_refuses_images_of_another_size() -> None:
