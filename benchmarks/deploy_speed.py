@@ -3,7 +3,7 @@
     python benchmarks/deploy_speed.py            # B4 and Lite0 at paper widths, 224 x 224 (tens of minutes)
     python benchmarks/deploy_speed.py --quick    # smoke test of this script: Lite0, tiny widths, 64 x 64
     python benchmarks/deploy_speed.py --backbones tf_efficientnet_lite0 --size 128 --image-size 256 4096 \
-        --widths cpu --batch-sizes 1    # one 256 x 4096 strip, tiled into 128 x 128 tiles (configs/cpu_tiled.yaml)
+        --widths cpu --batch-sizes 1    # one 256 x 4096 strip, tiled into 128 x 128 tiles (configs/cpu.yaml's model)
 
 Measures, per backbone (random weights: speed does not depend on them):
 
@@ -50,7 +50,7 @@ WIDTHS = {
     "cpu": {"pixel_dim": 64, "hidden_dim": 64, "ffn_dim": 256, "num_encoder_layers": 1, "neighbour_size": 5},
     "tiny": {"pixel_dim": 32, "hidden_dim": 32, "ffn_dim": 64, "num_encoder_layers": 1, "neighbour_size": 3},
 }
-"""Head widths: the paper's, the CPU recipes' (configs/cpu.yaml, cpu_tiled.yaml), the tests'."""
+"""Head widths: the paper's, the CPU recipes' (configs/cpu.yaml, mtd.yaml), the tests'."""
 REFERENCE = {  # reference code, tf_efficientnet_b4 at 224 x 224, paper widths, 2-core Xeon with AVX-512/VNNI
     "machine": "2-core Xeon, AVX-512/VNNI",
     "eval": {1: 1 / 0.636, 8: 1.63},  # images/s

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 import timm
 import torch
 import yaml
-from _common import HALVES, REPO, assign_halves, cpu_name, data_root, peak_rss_mib
+from _common import HALVES, REPO, assign_halves, commit, cpu_name, data_root, peak_rss_mib
 from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.data import ImageBatch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
@@ -405,6 +406,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "test_seconds": round(test_seconds, 1),
         "test_images": len(collector.paths),
         "peak_rss_gb": round(peak_rss_mib() / 1024, 2),
+        "run": run_record(args),
         "input_size": list(input_size),
         "image_size": list(image_size),
         "tile_stride": list(tile_stride),
@@ -520,6 +522,17 @@ def panel_selection(paths: Sequence[str]) -> list[int]:
 LABELS = {"unias": "UniAS", "patchcore": "PatchCore", "padim": "PaDiM"}
 
 
+def run_record(args: argparse.Namespace) -> dict[str, str]:
+    """The command (as a user types it), the date, the commit and the CPU of this run, for the reports' header."""
+    words = ["python benchmarks/quality.py"]
+    defaults = vars(build_parser().parse_args([]))
+    for key, value in vars(args).items():
+        if key != "job" and value != defaults[key]:
+            flag = "--" + key.replace("_", "-")
+            words += [flag] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
+    return {"command": " ".join(words), "date": f"{datetime.now(UTC):%Y-%m-%d}", "commit": commit(), "cpu": cpu_name()}
+
+
 def write_report(output: Path, names: Sequence[str]) -> str:
     """Collect the jobs' JSON files into the markdown/CSV tables and the two PNGs; return the markdown."""
     jobs = {
@@ -529,7 +542,11 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     csv_rows = [",".join(header)]
     columns = ["model", "pAP", "DSC", "F1max-Dice", "image AUROC", "pixel AUROC", "AUPRO"]
     columns += ["training (s)", "test (s)", "peak RSS (GB)"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    run = next(iter(jobs.values()))["summary"].get("run")
+    lines = (
+        [f"Command: `{run['command']}`; {run['date']}, commit {run['commit']}, {run['cpu']}.", ""] if run else []
+    )
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, job in jobs.items():
         summary = job["summary"]
         values = [f"{100 * summary[m]:.2f}" for m in METRICS]
@@ -719,7 +736,8 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
     plt.close(figure)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="MVTec-layout dataset root (default: MTD)")
     parser.add_argument("--recipe", default=str(REPO / "configs" / "mtd.yaml"), help="UniAS config YAML")
@@ -744,6 +762,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes per model")
     parser.add_argument("--job", choices=MODELS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

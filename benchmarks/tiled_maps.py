@@ -1,0 +1,175 @@
+"""Score a trained UniAS checkpoint's maps under test-time tiling variants and map fusions, at the images' own size.
+
+For choosing how a tiled model is read, without retraining: each variant re-cuts the test images into
+tiles at a stride, blends overlapping tiles' maps (``uniform``: anomalib's plain average; ``pyramid``: the
+window of :func:`anomalib_unias.tiling.blend_untile`, what UniAS does) and fuses the levels (the model's
+own fusion, or ``--fusion``/``--levels``).  Maps are upsampled to each image's own size and scored there
+(``--native``), so that models trained at different working resolutions compare on the same pixels; pixel
+AP and image AUROC per category on each half of the test set (``_common.assign_halves``), and the seam
+ratio: on the good test images, the mean map value in the first and last two pixel columns of every tile
+column inside the image (the image's own left and right border columns left out) over the mean in those
+tiles' middle 16 columns (1 = no seam).
+
+    python benchmarks/tiled_maps.py CKPT --root ../shared/data/aitex --native --output results/tiled_maps.md
+
+The checkpoint is any UniAS ``last.ckpt``/``model.ckpt``, e.g. of
+``python benchmarks/quality.py --models unias ... --output DIR`` (``DIR/runs/unias/**/last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import HALVES, assign_halves, commit, cpu_name, data_root
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_unias import UniAS
+from anomalib_unias.data import UnifiedFolder
+from anomalib_unias.layout import category_of
+from anomalib_unias.tiling import pyramid_window
+
+SCORED_AT = {True: "the images' own size", False: "the working resolution"}
+SEAM_COLUMNS = 2
+"""Pixel columns at each side of a tile that count as its seam."""
+
+
+@torch.no_grad()
+def tiled_map(model: UniAS, images: torch.Tensor, stride: int, blend: str, pad: int = 0) -> torch.Tensor:
+    """The fused map (B, 1, H, W) of ``images`` cut into the model's tiles at ``stride``, blended by ``blend``.
+
+    ``pad`` > 0 mirrors that many pixels of the image at every side before tiling and crops them off the map.
+    """
+    if pad:
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+        return tiled_map(model, padded, stride, blend)[..., pad : pad + height, pad : pad + width]
+    torch_model = model.model
+    tile_h, tile_w = torch_model.input_size
+    batch, _, height, width = images.shape
+    boxes = [
+        (top, left)
+        for top in range(0, height - tile_h + 1, stride if height > tile_h else tile_h)
+        for left in range(0, width - tile_w + 1, stride if width > tile_w else tile_w)
+    ]
+    tiles = torch.cat([images[:, :, top : top + tile_h, left : left + tile_w] for top, left in boxes])
+    fused = torch_model.head(torch_model.backbone(tiles)).anomaly_map.view(len(boxes), batch, 1, tile_h, tile_w)
+    window = pyramid_window((tile_h, tile_w)) if blend == "pyramid" else torch.ones(tile_h, tile_w)
+    total = torch.zeros(batch, 1, height, width)
+    weight = torch.zeros(1, 1, height, width)
+    for index, (top, left) in enumerate(boxes):
+        total[..., top : top + tile_h, left : left + tile_w] += fused[index] * window
+        weight[..., top : top + tile_h, left : left + tile_w] += window
+    return total / weight
+
+
+def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, native: bool, pad: int = 0) -> dict:
+    """Pixel AP and image AUROC per category and half, the seam ratio and the seconds taken, for one variant."""
+    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    pixels: dict[tuple[str, str], list] = {}
+    images: dict[tuple[str, str], list] = {}
+    seam_profile = None
+    start = time.perf_counter()
+    for batch in datamodule.test_dataloader():
+        image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        anomaly_map = tiled_map(model, image, stride, blend, pad)
+        if native:
+            anomaly_map = F.interpolate(anomaly_map, size=batch.image.shape[-2:], mode="bilinear")
+            gt_mask = batch.gt_mask
+        for index, path in enumerate(batch.image_path):
+            key = (category_of(path), halves[str(path)])
+            values = anomaly_map[index, 0]
+            pixels.setdefault(key, []).append((values.numpy().ravel(), (gt_mask[index] > 0.5).numpy().ravel()))
+            images.setdefault(key, []).append((float(values.max()), bool(batch.gt_label[index])))
+            if not bool(batch.gt_label[index]):
+                tile_w = model.model.input_size[1] * values.shape[-1] // image.shape[-1]
+                groups = values.mean(0)[: values.shape[-1] // tile_w * tile_w].view(-1, tile_w)
+                if len(groups) > 2:  # the tile columns inside the image: its own left and right borders left out
+                    columns = groups[1:-1].mean(0)
+                    seam_profile = columns if seam_profile is None else seam_profile + columns
+    result: dict = {"seconds": round(time.perf_counter() - start, 1)}
+    for half in HALVES:
+        categories = sorted({category for category, h in pixels if h == half})
+        aps, aurocs = {}, {}
+        for category in categories:
+            scores = np.concatenate([s for s, _ in pixels[category, half]])
+            labels = np.concatenate([m for _, m in pixels[category, half]])
+            aps[category] = 100 * average_precision_score(labels, scores) if labels.any() else float("nan")
+            image_scores, image_labels = zip(*images[category, half], strict=True)
+            two_classes = 0 < sum(image_labels) < len(image_labels)
+            aurocs[category] = 100 * roc_auc_score(image_labels, image_scores) if two_classes else float("nan")
+        result[half] = {
+            "pAP": float(np.nanmean(list(aps.values()))),
+            "image_AUROC": float(np.nanmean(list(aurocs.values()))),
+            "pAP_per_category": aps,
+        }
+    if seam_profile is not None:
+        middle = len(seam_profile) // 2
+        edge = torch.cat([seam_profile[:SEAM_COLUMNS], seam_profile[-SEAM_COLUMNS:]]).mean()
+        result["seam_ratio"] = float(edge / seam_profile[middle - 8 : middle + 8].mean())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="UniAS checkpoint (.ckpt)")
+    parser.add_argument("--root", default=str(data_root("aitex")), help="MVTec-layout dataset root")
+    parser.add_argument(
+        "--variants", nargs="+", default=["128:uniform", "64:uniform", "64:pyramid"], metavar="STRIDE:BLEND[:PAD]"
+    )
+    parser.add_argument("--fusion", choices=("product", "mean"), help="override the model's map fusion")
+    parser.add_argument("--levels", nargs="+", type=int, help="with --fusion: levels fused (0 = stride 16)")
+    parser.add_argument("--native", action="store_true", help="score at the images' own size (maps upsampled)")
+    parser.add_argument("--eval-batch-size", type=int, default=2, help="1 for folders of mixed image sizes")
+    parser.add_argument("--output", help="write the table (.md) and the numbers (.json beside it)")
+    args = parser.parse_args()
+    model = UniAS.load_from_checkpoint(args.checkpoint).eval()
+    if args.fusion:
+        generator = model.model.head.anomaly_map
+        generator.fusion = args.fusion
+        generator.fused_levels = tuple(args.levels) if args.levels else (0, 1, 2, 3)
+    datamodule = UnifiedFolder(root=args.root, eval_batch_size=args.eval_batch_size, num_workers=0)
+    datamodule.setup()
+    rows = {}
+    for variant in args.variants:
+        stride, blend, *pad = variant.split(":")
+        rows[variant] = score(model, datamodule, int(stride), blend, args.native, int(pad[0]) if pad else 0)
+        print(variant, json.dumps(rows[variant]), flush=True)
+    generator = model.model.head.anomaly_map
+    lines = [
+        f"# Tiling variants of {args.checkpoint}",
+        "",
+        f"Command: `python benchmarks/tiled_maps.py {args.checkpoint} --root {args.root} --variants "
+        f"{' '.join(args.variants)}{' --native' if args.native else ''}"
+        f"{f' --fusion {args.fusion}' if args.fusion else ''}"
+        f"{' --levels ' + ' '.join(map(str, args.levels)) if args.levels else ''}`; "
+        f"{datetime.now(UTC):%Y-%m-%d}, commit {commit()}, {cpu_name()}.",
+        f"Model: image_size {list(model.model.image_size)}, tiles {list(model.model.input_size)}, fusion "
+        f"{generator.fusion} of levels {list(generator.fused_levels)}; maps scored at "
+        f"{SCORED_AT[args.native]}; values in %.",
+        "",
+        "| stride:blend | pAP select | pAP holdout | image AUROC select | image AUROC holdout | seam ratio | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in rows.items():
+        lines.append(
+            f"| {variant} | {row['select']['pAP']:.2f} | {row['holdout']['pAP']:.2f} | "
+            f"{row['select']['image_AUROC']:.2f} | {row['holdout']['image_AUROC']:.2f} | "
+            f"{row.get('seam_ratio', float('nan')):.2f} | {row['seconds']:.0f} |"
+        )
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("\n".join(lines) + "\n")
+        output.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
