@@ -34,10 +34,15 @@ def train_command(demo_root: Path, results: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def table(stdout: str) -> list[str]:
-    """The per-category results table printed after testing."""
-    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
-    assert any(row.startswith("| mean |") for row in rows), stdout[-2000:]
+def output(result: subprocess.CompletedProcess) -> str:
+    """What the user sees: anomalib's results on stdout, the package's log lines (table, epochs) on stderr."""
+    return result.stdout + result.stderr
+
+
+def table(result: subprocess.CompletedProcess) -> list[str]:
+    """The per-category results table logged after testing."""
+    rows = [line for line in output(result).splitlines() if line.startswith("| ")]
+    assert any(row.startswith("| mean |") for row in rows), output(result)[-2000:]
     return rows
 
 
@@ -58,7 +63,7 @@ def uninterrupted(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     results = tmp_path_factory.mktemp("uninterrupted")
     result = run_process(train_command(demo_root, results), cwd=results)
-    return results, table(result.stdout), result.stdout
+    return results, table(result), output(result)
 
 
 def test_same_seed_same_metrics_and_weights(
@@ -66,7 +71,7 @@ def test_same_seed_same_metrics_and_weights(
 ) -> None:
     first_results, first_table, _ = uninterrupted
     result = run(train_command(demo_root, tmp_path), cwd=tmp_path)
-    assert table(result.stdout) == first_table
+    assert table(result) == first_table
     assert_same_tensors(weights(first_results), weights(tmp_path))
 
 
@@ -86,7 +91,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     resumed_root = tmp_path / "resumed"
     resumed = run(train_command(demo_root, resumed_root, f"--ckpt_path={last}"), cwd=tmp_path)
     first_results, first_table, _ = uninterrupted
-    assert table(resumed.stdout) == first_table
+    assert table(resumed) == first_table
     assert_same_tensors(weights(first_results, "last.ckpt"), weights(resumed_root, "last.ckpt"))
     assert_same_tensors(weights(first_results), weights(resumed_root))
 
