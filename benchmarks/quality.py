@@ -15,7 +15,8 @@ Each model runs in its own process (so that its peak memory is its own); results
 * ``quality.md`` / ``quality.csv``: one row per model, every metric, fit time, test time, peak RSS;
 * ``per_defect.md`` / ``per_defect.csv``: pAP per defect type (that type's images + all good images);
 * ``learning_curve.png`` / ``learning_curve.csv``: UniAS test pAP against training wall time and epochs,
-  the baselines as horizontal lines;
+  the baselines as horizontal lines (the curve and ``levels.md`` pool all categories' pixels as one set at
+  the working resolution: lower than the tables' mean over categories where categories differ in scale);
 * ``anomaly_maps.png``: image, ground truth, UniAS and PatchCore maps for two test images per defect type.
 
 Substitutions, stated in the tables: PatchCore's coreset is selected by :func:`greedy_coreset`, the
@@ -625,7 +626,8 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     plot_panel(output, [name for name in ("unias", "patchcore") if (output / f"{name}_maps.npz").exists()])
     if "unias" in jobs and jobs["unias"].get("levels"):
         fusions = jobs["unias"]["levels"]
-        diagnostics = ["| UniAS map of the final model (test set) | " + " | ".join(METRICS) + " |"]
+        title = "UniAS map of the final model (test set, categories pooled as one, working resolution)"
+        diagnostics = [f"| {title} | " + " | ".join(METRICS) + " |"]
         diagnostics.append("|---" * (len(METRICS) + 1) + "|")
         diagnostics += [
             f"| {fusion} | " + " | ".join(f"{100 * values[m]:.2f}" for m in METRICS) + " |"
@@ -657,7 +659,8 @@ def plot_learning_curve(output: Path, jobs: dict[str, dict]) -> None:
     )
     figure, axis = plt.subplots(figsize=(7, 4.2))
     minutes = [r["train_seconds"] / 60 for r in curve]
-    axis.plot(minutes, [100 * r["pixel_AP"] for r in curve], "o-", color="tab:red", label="UniAS (test pAP)")
+    pixel_ap = [100 * r["pixel_AP"] for r in curve]
+    axis.plot(minutes, pixel_ap, "o-", color="tab:red", label="UniAS (test pAP, categories pooled)")
     for epoch, x, r in zip([r["epoch"] for r in curve], minutes, curve, strict=True):
         axis.annotate(
             f"ep {epoch}", (x, 100 * r["pixel_AP"]), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center"

@@ -6,9 +6,10 @@ window of :func:`anomalib_unias.tiling.blend_untile`, what UniAS does) and fuses
 own fusion, or ``--fusion``/``--levels``).  Maps are upsampled to each image's own size and scored there
 (``--native``), so that models trained at different working resolutions compare on the same pixels; pixel
 AP and image AUROC per category on each half of the test set (``_common.assign_halves``), and the seam
-ratio: on the good test images, the mean map value in the first and last two pixel columns of every tile
-column inside the image (the image's own left and right border columns left out) over the mean in those
-tiles' middle 16 columns (1 = no seam).
+ratio: the image is cut into columns one tile stride wide (tile boundaries fall on their edges); on each
+good test image, the median map value in the two pixel columns at each such edge over the median in the
+columns' middle (the image's own left and right border columns left out); the median over the good images
+(1 = no seam; medians, because the paper's product of four levels has outliers that swamp a mean).
 
     python benchmarks/tiled_maps.py CKPT --root ../shared/data/aitex --native --output results/tiled_maps.md
 
@@ -74,7 +75,7 @@ def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, nati
     halves = assign_halves(list(datamodule.test_data.samples.image_path))
     pixels: dict[tuple[str, str], list] = {}
     images: dict[tuple[str, str], list] = {}
-    seam_profile = None
+    seam_ratios = []
     start = time.perf_counter()
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
@@ -88,11 +89,7 @@ def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, nati
             pixels.setdefault(key, []).append((values.numpy().ravel(), (gt_mask[index] > 0.5).numpy().ravel()))
             images.setdefault(key, []).append((float(values.max()), bool(batch.gt_label[index])))
             if not bool(batch.gt_label[index]):
-                tile_w = model.model.input_size[1] * values.shape[-1] // image.shape[-1]
-                groups = values.mean(0)[: values.shape[-1] // tile_w * tile_w].view(-1, tile_w)
-                if len(groups) > 2:  # the tile columns inside the image: its own left and right borders left out
-                    columns = groups[1:-1].mean(0)
-                    seam_profile = columns if seam_profile is None else seam_profile + columns
+                seam_ratios += seam_ratio(values, stride * values.shape[-1] // image.shape[-1])
     result: dict = {"seconds": round(time.perf_counter() - start, 1)}
     for half in HALVES:
         categories = sorted({category for category, h in pixels if h == half})
@@ -109,11 +106,22 @@ def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, nati
             "image_AUROC": float(np.nanmean(list(aurocs.values()))),
             "pAP_per_category": aps,
         }
-    if seam_profile is not None:
-        middle = len(seam_profile) // 2
-        edge = torch.cat([seam_profile[:SEAM_COLUMNS], seam_profile[-SEAM_COLUMNS:]]).mean()
-        result["seam_ratio"] = float(edge / seam_profile[middle - 8 : middle + 8].mean())
+    if seam_ratios:
+        result["seam_ratio"] = float(np.median(seam_ratios))
     return result
+
+
+def seam_ratio(anomaly_map: torch.Tensor, step: int) -> list[float]:
+    """``[edge / middle]`` of one (H, W) map cut into columns ``step`` pixels wide; ``[]`` if it has no inner column.
+
+    The image's first and last columns are left out (its own borders are not seams).
+    """
+    columns = anomaly_map[:, : anomaly_map.shape[-1] // step * step].unflatten(-1, (-1, step))[:, 1:-1]
+    if columns.shape[1] == 0:
+        return []
+    middle = step // 2
+    edge = torch.cat([columns[..., :SEAM_COLUMNS], columns[..., -SEAM_COLUMNS:]], dim=-1).median()
+    return [float(edge / columns[..., middle - SEAM_COLUMNS : middle + SEAM_COLUMNS].median())]
 
 
 def main() -> None:
