@@ -1,7 +1,7 @@
-"""Access to the golden parity fixture in ``../shared/reference`` (see its FIXTURE.md).
+"""Access to the golden parity fixture in ``../shared/reference`` (docs/parity_fixture.md).
 
 The fixture stores the reference model's outputs for given raw backbone taps; its weights are not
-stored but defined by a closed-form formula (FIXTURE.md §2), regenerated here.
+stored but defined by a closed-form formula (docs/parity_fixture.md §2), regenerated here.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _base_sequence(k: int, n: int) -> np.ndarray:
 
 
 def formula_tensor(k: int, shape: tuple[int, ...], family: str) -> np.ndarray:
-    """Tensor ``k`` of the head in the fixture's closed form (FIXTURE.md §2)."""
+    """Tensor ``k`` of the head in the fixture's closed form (docs/parity_fixture.md §2)."""
     x = _base_sequence(k, math.prod(shape))
     if family == "weight":
         x = x * math.sqrt(2.0 / math.prod(shape[1:]))

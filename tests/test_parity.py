@@ -1,4 +1,4 @@
-"""Golden parity: our UniAS head reproduces the reference model's outputs (FIXTURE.md §6).
+"""Golden parity: our UniAS head reproduces the reference model's outputs (docs/parity_fixture.md §4).
 
 Weights are regenerated from the fixture's formula in reference names, converted with our checkpoint
 converter and loaded into the paper-width head; the stored raw backbone taps are fed in eval mode and
