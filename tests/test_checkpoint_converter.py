@@ -37,6 +37,14 @@ def test_every_reference_key_is_converted_or_deliberately_dropped(tmp_path) -> N
     model.load_state_dict(converted, strict=True)  # every model tensor present, none left over, shapes equal
     values = {int(tensor.flatten()[0]) for tensor in converted.values() if tensor.numel()}
     assert len(values) == len(converted)  # no two reference tensors landed on the same model tensor
+    # lukemelas' and timm's EfficientNets register the same modules in the same order (stem, then per block
+    # expand, depthwise, squeeze-excite, project convs with their norms), so the backbone's tensors keep the
+    # reference's order: two same-shape tensors swapped (a norm's mean and variance, two convs) break it.
+    # The head's tensors are held by the golden parity test, which loads them through this converter.
+    backbone_order = [
+        int(tensor.flatten()[0]) for key, tensor in model.state_dict().items() if key.startswith("backbone.")
+    ]
+    assert backbone_order == sorted(backbone_order)
 
     # The same through the file-level loader the README names.
     path = tmp_path / "reference.pth"
