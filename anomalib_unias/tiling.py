@@ -5,8 +5,8 @@ are ``input_size / 16`` (docs/design.md §4).  For high-resolution and non-squar
 pre-processor resizes to a working resolution ``image_size`` and the torch model cuts every image into
 tiles of ``input_size`` with anomalib's :class:`~anomalib.data.utils.tiler.Tiler`: all tiles of a batch
 run through the backbone and head as one batch, and the per-tile maps are untiled into the full map
-(overlaps averaged, as anomalib does).  anomalib's ``TilerConfigurationCallback`` sets the same tiler;
-:func:`check_tiler` refuses one that does not fit the model.
+(overlaps weighted by a pyramid window, :func:`blend_untile`).  anomalib's ``TilerConfigurationCallback``
+sets the same tiler; :func:`check_tiler` refuses one that does not fit the model.
 
 Training sees every grid tile as a sample, or, with ``train_tiles=k``, ``k`` tiles per image cut at
 random positions (:func:`random_tiles`): a step then costs ``k`` tiles whatever the image size, while

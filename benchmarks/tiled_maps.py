@@ -34,7 +34,7 @@ from torch.nn import functional as F  # noqa: N812
 from anomalib_unias import UniAS
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.layout import category_of
-from anomalib_unias.tiling import pyramid_window
+from anomalib_unias.tiling import blend_untile, make_tiler
 
 SCORED_AT = {True: "the images' own size", False: "the working resolution"}
 SEAM_COLUMNS = 2
@@ -52,22 +52,9 @@ def tiled_map(model: UniAS, images: torch.Tensor, stride: int, blend: str, pad: 
         padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         return tiled_map(model, padded, stride, blend)[..., pad : pad + height, pad : pad + width]
     torch_model = model.model
-    tile_h, tile_w = torch_model.input_size
-    batch, _, height, width = images.shape
-    boxes = [
-        (top, left)
-        for top in range(0, height - tile_h + 1, stride if height > tile_h else tile_h)
-        for left in range(0, width - tile_w + 1, stride if width > tile_w else tile_w)
-    ]
-    tiles = torch.cat([images[:, :, top : top + tile_h, left : left + tile_w] for top, left in boxes])
-    fused = torch_model.head(torch_model.backbone(tiles)).anomaly_map.view(len(boxes), batch, 1, tile_h, tile_w)
-    window = pyramid_window((tile_h, tile_w)) if blend == "pyramid" else torch.ones(tile_h, tile_w)
-    total = torch.zeros(batch, 1, height, width)
-    weight = torch.zeros(1, 1, height, width)
-    for index, (top, left) in enumerate(boxes):
-        total[..., top : top + tile_h, left : left + tile_w] += fused[index] * window
-        weight[..., top : top + tile_h, left : left + tile_w] += window
-    return total / weight
+    tiler = make_tiler(torch_model.input_size, (stride, stride))
+    tile_maps = torch_model.head(torch_model.backbone(tiler.tile(images))).anomaly_map
+    return blend_untile(tiler, tile_maps) if blend == "pyramid" else tiler.untile(tile_maps)
 
 
 def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, native: bool, pad: int = 0) -> dict:
