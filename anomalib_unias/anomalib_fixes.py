@@ -58,10 +58,11 @@ def fix_cli(module: ModuleType) -> None:
 
 
 CHECKPOINT_ARGUMENTS = (
-    "backbone", "input_mean", "input_std", "image_size", "tile_stride", *Architecture.weight_fields()
+    "backbone", "input_mean", "input_std", "image_size", "tile_stride", "map_fusion", "map_strides",
+    *Architecture.weight_fields(),
 )  # fmt: skip
-"""The UniAS arguments that shape the state dict or what it is fed: taken from the checkpoint; the rest stay the
-command line's."""
+"""The UniAS arguments that shape the state dict or what it is fed, and the map its thresholds were fitted on:
+taken from the checkpoint; the rest stay the command line's."""
 
 
 def _use_checkpoint_settings(subcommand: str, config: Any) -> None:

@@ -6,25 +6,90 @@ sigma = kernel / 3, coarse to fine); the maps are multiplied (finest first, as t
 and the product is upsampled to the input size (bilinear, align_corners=True).  The image score is the
 maximum of the map.
 
-Two switches, off by default, change only the fusion step (not in the paper):
+Which levels are fused and how is a :class:`Fusion`; the paper's is :data:`PAPER_FUSION`.  Others (not in
+the paper, chosen with the ``map_fusion`` / ``map_strides`` switches or from validation data by
+``map_fusion: auto``, :mod:`anomalib_unias.fusion_selection`) change only this last step:
 
-* ``fusion="mean"``: the mean of the level maps instead of their product.  A product multiplies the
-  noise of every level into the map; a short training run leaves the fine levels (reconstructed from the
-  coarse query grid) noisy, and Dinomaly (Guo et al., CVPR 2025) fuses its levels by the mean.
-* ``map_strides``: fuse only the levels at these backbone strides (e.g. ``[16, 8]``); the others are
-  still reconstructed and trained, just not read.
+* the mean of the level maps instead of their product.  A product multiplies the noise of every level
+  into the map; a short training run leaves the fine levels (reconstructed from the coarse query grid)
+  noisy, and Dinomaly (Guo et al., CVPR 2025) fuses its levels by the mean;
+* only the levels at some backbone strides (e.g. 16 and 8); the others are still reconstructed and
+  trained, just not read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .architecture import MapFusion
+from .architecture import LEVEL_STRIDES
 from .components.layers import GaussianBlur2d
+
+FusionKind = Literal["product", "mean"]
+"""How the chosen level maps are combined: the paper's ``"product"`` or their ``"mean"``."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One way of fusing the level maps: the product or the mean of the levels at ``strides``.
+
+    Args:
+        kind: ``"product"`` (paper) or ``"mean"``.  With one level both are that level's smoothed map.
+        strides: Backbone strides of the fused levels, coarse to fine (paper: 16, 8, 4, 2).
+    """
+
+    kind: FusionKind = "product"
+    strides: tuple[int, ...] = LEVEL_STRIDES
+
+    def __post_init__(self) -> None:
+        strides = tuple(sorted({int(s) for s in self.strides}, reverse=True))
+        object.__setattr__(self, "strides", strides)
+        if len(strides) == 1:  # product and mean of one map are that map: one name for it
+            object.__setattr__(self, "kind", "product")
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """Indices of the fused levels (coarse to fine, 0 = stride 16)."""
+        return tuple(LEVEL_STRIDES.index(stride) for stride in self.strides)
+
+    @property
+    def name(self) -> str:
+        """A short readable name, e.g. ``"mean of strides 16+8"``, ``"stride 16 alone"``."""
+        if len(self.strides) == 1:
+            return f"stride {self.strides[0]} alone"
+        return f"{self.kind} of strides {'+'.join(map(str, self.strides))}"
+
+    @classmethod
+    def of(cls, kind: FusionKind, strides: Iterable[int] | None) -> Fusion:
+        """The fusion of the ``map_fusion`` / ``map_strides`` arguments (``None`` = all four levels)."""
+        return cls(kind, tuple(strides) if strides is not None else LEVEL_STRIDES)
+
+
+PAPER_FUSION = Fusion()
+"""The paper's map: the product of the four levels."""
+
+
+def candidate_fusions() -> tuple[Fusion, ...]:
+    """The fusions ``map_fusion: auto`` chooses from: product and mean of every run of neighbouring levels.
+
+    Neighbouring levels only (16; 16+8; 16+8+4; ...; 8+4+2; ...), so that the choice is among 16 maps,
+    not the 26 of every subset: a level left out between two fused ones has no use that the measured
+    maps ever showed, and fewer candidates overfit a small validation set less.  The paper's product of
+    all four comes first (the choice keeps it on ties).
+    """
+    runs = [
+        LEVEL_STRIDES[start:stop]
+        for length in range(len(LEVEL_STRIDES), 0, -1)
+        for start in range(len(LEVEL_STRIDES) - length + 1)
+        for stop in [start + length]
+    ]
+    fusions = [Fusion(kind, run) for run in runs for kind in ("product", "mean")]
+    return tuple(dict.fromkeys(fusions))
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -33,22 +98,18 @@ class AnomalyMapGenerator(nn.Module):
     Args:
         num_levels: Number of levels (4).
         input_size: (H, W) of the model input; the fused map is returned at this size.
-        fusion: ``"product"`` (paper) or ``"mean"`` of the fused levels.
-        fused_levels: Indices (coarse to fine, 0 = stride 16) of the levels fused; ``None`` = all (paper).
+        fusion: Which levels are fused, and how (:data:`PAPER_FUSION` by default); :meth:`use` changes it.
     """
 
-    def __init__(
-        self,
-        num_levels: int,
-        input_size: tuple[int, int],
-        fusion: MapFusion = "product",
-        fused_levels: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, num_levels: int, input_size: tuple[int, int], fusion: Fusion = PAPER_FUSION) -> None:
         super().__init__()
         self.input_size = tuple(input_size)
         self.blurs = nn.ModuleList(GaussianBlur2d(k, k / 3) for k in range(3, 3 + 2 * num_levels, 2))
         self.fusion = fusion
-        self.fused_levels = tuple(range(num_levels)) if fused_levels is None else tuple(sorted(fused_levels))
+
+    def use(self, fusion: Fusion) -> None:
+        """Fuse with ``fusion`` from now on (as ``map_fusion: auto`` does once it has chosen)."""
+        self.fusion = fusion
 
     def level_maps(self, reconstructions: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the smoothed per-level maps (B, 1, h1, w1) at the finest level's size, coarse to fine."""
@@ -61,10 +122,14 @@ class AnomalyMapGenerator(nn.Module):
             maps.append(blur(level_map))
         return maps
 
-    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Fuse smoothed level maps (coarse to fine) and upsample the result to the input size."""
-        chosen = [maps[level] for level in self.fused_levels]
-        if self.fusion == "mean":
+    def fuse(self, maps: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor:
+        """Fuse smoothed level maps (coarse to fine) and upsample the result to the input size.
+
+        ``fusion``: this one instead of the generator's own (to score other fusions of the same maps).
+        """
+        fusion = fusion or self.fusion
+        chosen = [maps[level] for level in fusion.levels]
+        if fusion.kind == "mean":
             fused = torch.stack(chosen).mean(dim=0)
         else:  # the paper's product, finest level first as in the reference code
             fused = chosen[-1]

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from .errors import refuse
 
-MapFusion = Literal["product", "mean"]
-"""How the level maps are fused: the paper's ``"product"`` or the ``"mean"``."""
+MapFusion = Literal["product", "mean", "auto"]
+"""How the level maps are fused: the paper's ``"product"``, the ``"mean"``, or ``"auto"`` (chosen on validation)."""
 
 QUERY_STRIDE = 16
 """Backbone stride of the query grid: the grid is ``input_size / 16``."""
@@ -52,8 +52,9 @@ class Architecture:
         hard_mining: ``None`` = the paper's loss; a share ``p`` (Dinomaly: 0.9) = Dinomaly's loose loss with
             hard mining (:mod:`anomalib_unias.loss`).  Not in the paper.
         hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
-        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`).
-            Not in the paper.
+        map_fusion: ``"product"`` (paper) or ``"mean"`` of the level maps (:mod:`anomalib_unias.anomaly_map`);
+            ``"auto"``: the fusion and levels with the best pixel AP on the validation split
+            (:mod:`anomalib_unias.fusion_selection`; the paper's product until then).  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``(16, 8)``; ``None`` = all four
             (paper).  Not in the paper.
 
@@ -104,11 +105,9 @@ class Architecture:
         return tuple(f.name for f in fields(cls) if f.metadata.get("shapes_weights"))
 
     @property
-    def fused_levels(self) -> tuple[int, ...]:
-        """Indices (coarse to fine, 0 = stride 16) of the levels fused into the map."""
-        if self.map_strides is None:
-            return tuple(range(len(LEVEL_STRIDES)))
-        return tuple(sorted(LEVEL_STRIDES.index(stride) for stride in self.map_strides))
+    def fuses_automatically(self) -> bool:
+        """Whether the map's fusion is chosen on the validation data (``map_fusion: auto``)."""
+        return self.map_fusion == "auto"
 
     @property
     def query_grid(self) -> tuple[int, int]:
@@ -175,10 +174,13 @@ class Architecture:
             refuse("hard_mining_warmup", self.hard_mining_warmup, "must be 0 or more training steps", "1000")
 
     def _check_map(self) -> None:
-        if self.map_fusion not in ("product", "mean"):
-            refuse("map_fusion", self.map_fusion, "must be 'product' (paper) or 'mean'", "'product'")
+        if self.map_fusion not in ("product", "mean", "auto"):
+            refuse("map_fusion", self.map_fusion, "must be 'product' (paper), 'mean' or 'auto'", "'product'")
         if self.map_strides is None:
             return
+        if self.map_fusion == "auto":
+            rule = "must be null with map_fusion='auto', which chooses the levels too"
+            refuse("map_strides", list(self.map_strides), rule, "null, or a fixed map_fusion ('product' or 'mean')")
         strides = [int(s) for s in self.map_strides]
         if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LEVEL_STRIDES):
             refuse(

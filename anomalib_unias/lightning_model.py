@@ -40,10 +40,11 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .architecture import Architecture, MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
-from .callbacks import CategoryTableLogger, EpochProgressLine, LastCheckpoint
+from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint
 from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
 from .errors import UniASArgumentError
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
+from .fusion_selection import restore_fusion
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
 from .resolution import auto_tiling, image_sizes, resolution_advice, typical_size
@@ -119,9 +120,12 @@ class UniAS(AnomalibModule):
             cosine distance ``1 - cos``.
         map_fusion: How the level maps are fused: ``"product"`` (paper) or ``"mean"``.  A product multiplies
             the noise of levels that have not learnt yet into the map; Dinomaly (CVPR 2025) fuses by the
-            mean.  Read at evaluation only: a checkpoint can be tested with either.  Not in the paper.
+            mean.  ``"auto"``: before each validation, the product or mean of the run of levels (16; 16+8;
+            ...; 2) with the best pixel AP on the validation split, the paper's product where that split has
+            no defect pixel (:mod:`anomalib_unias.fusion_selection`); logged and kept in the checkpoint.  Read
+            at evaluation only: the weights serve every fusion.  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
-            four (paper).  Read at evaluation only.  Not in the paper.
+            four (paper), or chosen by ``map_fusion="auto"``.  Read at evaluation only.  Not in the paper.
         hard_mining: ``None`` = the paper's loss.  A share ``p`` (Dinomaly, CVPR 2025: 0.9) = Dinomaly's loose
             loss with hard mining: per level the cosine distance of the whole flattened reconstruction, the
             gradient of the easiest ``p`` of the pixels scaled by 0.1, ``p`` ramped up over
@@ -285,10 +289,13 @@ class UniAS(AnomalibModule):
         return UnifiedImageVisualizer()
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's component callbacks, ``last.ckpt`` and a progress line every epoch, the table after testing."""
+        """Anomalib's component callbacks, ``last.ckpt`` and a progress line every epoch, the table after testing.
+
+        With ``map_fusion="auto"``, :class:`~anomalib_unias.callbacks.FusionChoice` chooses the map before validation.
+        """
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, LastCheckpoint(), EpochProgressLine(), CategoryTableLogger()]
+        return [*callbacks, LastCheckpoint(), EpochProgressLine(), FusionChoice(), CategoryTableLogger()]
 
     def setup(self, stage: str) -> None:
         """Once per model: resolve ``image_size="auto"`` from the data, or warn if the resolution erases detail.
@@ -364,9 +371,12 @@ class UniAS(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """When training resumes from ``checkpoint``, continue with the random numbers it stopped at.
 
-        An attached ``thresholds`` file wins over the thresholds stored in the checkpoint.
+        An attached ``thresholds`` file wins over the thresholds stored in the checkpoint.  A ``map_fusion="auto"``
+        model fuses as the checkpoint's choice did (:func:`~anomalib_unias.fusion_selection.restore_fusion`).
         """
         super().on_load_checkpoint(checkpoint)
+        if self.model.head.architecture.fuses_automatically:
+            restore_fusion(checkpoint, self.model.head.anomaly_map)
         if self._attached_thresholds and isinstance(self.post_processor, UniASPostProcessor):
             self.post_processor.use_thresholds(self._attached_thresholds)
             state = checkpoint.get("state_dict", {})

@@ -19,7 +19,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import PAPER_FUSION, AnomalyMapGenerator, Fusion
 from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, Architecture
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
@@ -84,8 +84,11 @@ class UniASHead(nn.Module):
         self.anomaly_map = AnomalyMapGenerator(
             num_levels=len(feature_channels),
             input_size=self.input_size,
-            fusion=architecture.map_fusion,
-            fused_levels=architecture.fused_levels,
+            fusion=(
+                PAPER_FUSION  # until map_fusion="auto" has chosen on validation data
+                if architecture.fuses_automatically
+                else Fusion.of(architecture.map_fusion, architecture.map_strides)
+            ),
         )
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
@@ -198,13 +201,7 @@ class UniASModel(nn.Module):
         needs gradients, and anomalib's ``TorchInferencer`` calls the model without switching them off (its
         ``.numpy()`` then fails on tensors that require grad).
         """
-        if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:
-            msg = (
-                f"This UniAS model tiles images of {list(self.image_size)} (its image_size) into "
-                f"{list(self.input_size)} tiles, but got {list(images.shape[-2:])}: resize the images first "
-                "(UniAS's pre-processor does, in anomalib's pipeline and in exported models)."
-            )
-            raise ValueError(msg)
+        self._check_image_size(images)
         if self.training:
             if self._tiler is not None:
                 images = (
@@ -219,3 +216,28 @@ class UniASModel(nn.Module):
             tiles = self.head(self.backbone(self._tiler.tile(images)))
             anomaly_map = blend_untile(self._tiler, tiles.anomaly_map)
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+    @torch.no_grad()
+    def fused_maps(self, images: torch.Tensor, fusions: Sequence[Fusion]) -> list[torch.Tensor]:
+        """The anomaly maps (B, 1, H, W) of ``images`` under each of ``fusions``, from one reconstruction.
+
+        Each is made as the model's own map is (tiles fused, then untiled and blended), so a fusion's map
+        here equals the model's map once the map generator uses that fusion (NaN pixels stay NaN here).  Used
+        to choose the fusion (``map_fusion: auto``) and by the benchmarks to score every fusion of one model.
+        """
+        self._check_image_size(images)
+        generator = self.head.anomaly_map
+        tiles = self._tiler.tile(images) if self._tiler is not None else images
+        result = self.head.reconstruct(self.backbone(tiles))
+        levels = generator.level_maps(result.reconstructions, result.targets)
+        maps = [generator.fuse(levels, fusion) for fusion in fusions]
+        return [blend_untile(self._tiler, fused) for fused in maps] if self._tiler is not None else maps
+
+    def _check_image_size(self, images: torch.Tensor) -> None:
+        if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:
+            msg = (
+                f"This UniAS model tiles images of {list(self.image_size)} (its image_size) into "
+                f"{list(self.input_size)} tiles, but got {list(images.shape[-2:])}: resize the images first "
+                "(UniAS's pre-processor does, in anomalib's pipeline and in exported models)."
+            )
+            raise ValueError(msg)

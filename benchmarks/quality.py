@@ -57,6 +57,7 @@ from sklearn.metrics import average_precision_score
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_unias import UniAS
+from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.backbone import FrozenBackbone, feature_network, install_bundled_weights
 from anomalib_unias.data import UnifiedFolder
@@ -64,7 +65,6 @@ from anomalib_unias.lightning_model import RESOLUTION_SAMPLE
 from anomalib_unias.metrics import unias_evaluator
 from anomalib_unias.post_processor import UniASPostProcessor
 from anomalib_unias.resolution import auto_tiling, image_sizes
-from anomalib_unias.tiling import blend_untile
 
 DEFAULT_ROOT = data_root("mtd")
 MODELS = ("unias", "patchcore", "padim")
@@ -72,14 +72,14 @@ METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel
 PANEL_IMAGES_PER_DEFECT = 2
 BASELINE_BACKBONE = "tf_efficientnet_lite0"
 FUSIONS = {
-    "product": ("product", None),
-    "mean": ("mean", None),
-    "product_16_8": ("product", (0, 1)),
-    "mean_16_8": ("mean", (0, 1)),
-    **{f"stride{stride} alone": ("product", (level,)) for level, stride in enumerate(LEVEL_STRIDES)},
+    "product": Fusion("product"),
+    "mean": Fusion("mean"),
+    "product_16_8": Fusion("product", (16, 8)),
+    "mean_16_8": Fusion("mean", (16, 8)),
+    **{f"stride{stride} alone": Fusion("product", (stride,)) for stride in LEVEL_STRIDES},
 }
-"""Map fusions scored from the same reconstructions: (fusion, fused levels).  A level alone is its smoothed
-map, as it enters the paper's product."""
+"""Map fusions scored from the same reconstructions.  A level alone is its smoothed map, as it enters the
+paper's product."""
 CURVE_FUSIONS = ("configured", "product", "mean", "product_16_8", "mean_16_8", "stride16 alone")
 CURVE_METRICS = ("pixel_AP", "DSC", "F1max_Dice")
 
@@ -208,26 +208,6 @@ class LearningCurve(Callback):
         pl_module.model.backbone.eval()
 
 
-@torch.no_grad()
-def fused_maps(model: UniAS, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The test maps of the model's own fusion ("configured") and every :data:`FUSIONS` variant.
-
-    All come from one reconstruction of the (tiled) images; each fused map is untiled like the model's.
-    """
-    torch_model, generator = model.model, model.model.head.anomaly_map
-    tiles = torch_model.tiler.tile(images) if torch_model.tiler else images
-    result = torch_model.head.reconstruct(torch_model.backbone(tiles))
-    levels = generator.level_maps(result.reconstructions, result.targets)
-    configured = generator.fusion, generator.fused_levels
-    maps = {}
-    for name, (fusion, fused_levels) in {"configured": configured, **FUSIONS}.items():
-        generator.fusion, generator.fused_levels = fusion, fused_levels or tuple(range(len(levels)))
-        fused = generator.fuse(levels)
-        maps[name] = blend_untile(torch_model.tiler, fused) if torch_model.tiler else fused
-    generator.fusion, generator.fused_levels = configured
-    return maps
-
-
 def keep_half(datamodule: AnomalibDataModule, half: str) -> None:
     """Restrict the (set-up) data module's test and validation sets to one half of the test images."""
     halves = assign_halves(list(datamodule.test_data.samples.image_path))
@@ -251,9 +231,10 @@ def evaluate(
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
         half_of = [halves[str(path)] for path in batch.image_path]
-        for name, device_map in fused_maps(model, image.to(model.device)).items():
-            if name not in fusions:
-                continue
+        scored = {"configured": model.model.head.anomaly_map.fusion, **FUSIONS}
+        scored = {name: fusion for name, fusion in scored.items() if name in fusions}
+        device_maps = model.model.fused_maps(image.to(model.device), list(scored.values()))
+        for name, device_map in zip(scored, device_maps, strict=True):
             anomaly_map = device_map.cpu()
             for half in HALVES:
                 index = [i for i, h in enumerate(half_of) if h == half]

@@ -32,6 +32,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_unias import UniAS
+from anomalib_unias.anomaly_map import Fusion
+from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.layout import category_of
 from anomalib_unias.tiling import blend_untile, make_tiler
@@ -126,9 +128,8 @@ def main() -> None:
     args = parser.parse_args()
     model = UniAS.load_from_checkpoint(args.checkpoint).eval()
     if args.fusion:
-        generator = model.model.head.anomaly_map
-        generator.fusion = args.fusion
-        generator.fused_levels = tuple(args.levels) if args.levels else (0, 1, 2, 3)
+        strides = [LEVEL_STRIDES[level] for level in args.levels] if args.levels else LEVEL_STRIDES
+        model.model.head.anomaly_map.use(Fusion(args.fusion, tuple(strides)))
     datamodule = UnifiedFolder(root=args.root, eval_batch_size=args.eval_batch_size, num_workers=0)
     datamodule.setup()
     rows = {}
@@ -145,8 +146,8 @@ def main() -> None:
         f"{f' --fusion {args.fusion}' if args.fusion else ''}"
         f"{' --levels ' + ' '.join(map(str, args.levels)) if args.levels else ''}`; "
         f"{datetime.now(UTC):%Y-%m-%d}, commit {commit()}, {cpu_name()}.",
-        f"Model: image_size {list(model.model.image_size)}, tiles {list(model.model.input_size)}, fusion "
-        f"{generator.fusion} of levels {list(generator.fused_levels)}; maps scored at "
+        f"Model: image_size {list(model.model.image_size)}, tiles {list(model.model.input_size)}, map "
+        f"{generator.fusion.name}; maps scored at "
         f"{SCORED_AT[args.native]}; values in %.",
         "",
         "| stride:blend | pAP select | pAP holdout | image AUROC select | image AUROC holdout | seam ratio | s |",

@@ -31,7 +31,9 @@ from lightning.pytorch import seed_everything
 
 from anomalib_unias import UniAS
 from anomalib_unias import export as export_module
+from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.data import UniASDemo
+from anomalib_unias.fusion_selection import CHECKPOINT_KEY, checkpoint_entry
 
 from .tiny import TINY_UNIAS
 
@@ -395,3 +397,29 @@ def test_an_int8_variant_the_exporter_does_not_implement_is_refused_naming_those
     with pytest.raises(ValueError, match="int8_variant='int8'") as refused:
         UniAS(**TINY_UNIAS, pre_trained=False, int8_variant="int8")
     assert all(variant in str(refused.value) for variant in export_module.INT8_VARIANTS)
+
+
+def test_a_fusion_chosen_by_auto_is_the_exported_map(
+    work: Path, checkpoint: Path, image_files: list[Path], references: list[InferenceBatch], monkeypatch
+) -> None:
+    """A ``map_fusion="auto"`` checkpoint whose choice is the mean of strides 16+8 exports that map, not the paper's.
+
+    The choice is written into a copy of the trained checkpoint as ``FusionChoice`` writes it; ``Engine.export``
+    loads the copy (``load_from_checkpoint``), and OpenVINO's map must equal the eager map of the loaded model.
+    """
+    chosen = Fusion("mean", (16, 8))
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    stored["hyper_parameters"]["map_fusion"] = "auto"
+    stored[CHECKPOINT_KEY] = checkpoint_entry(chosen, {chosen: 0.5})
+    auto_checkpoint = work / "auto_fusion.ckpt"
+    torch.save(stored, auto_checkpoint)
+    eager_auto = UniAS.load_from_checkpoint(auto_checkpoint).eval()
+    assert eager_auto.model.head.anomaly_map.fusion == chosen
+    xml = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=work / "auto").export(
+        UniAS(**TINY, pre_trained=False), export_type="openvino", ckpt_path=auto_checkpoint, export_root=work / "auto"
+    )
+    with torch.inference_mode():
+        auto_references = [eager_auto(read_image(path, as_tensor=True)[None]) for path in image_files]
+    outputs = _predict(xml, image_files, work, monkeypatch)
+    assert _differences(outputs, auto_references)["map_rel"] <= 1e-4
+    assert _differences(outputs, references)["map_corr"] < 0.99  # the paper's product map is another map

@@ -105,7 +105,7 @@ def test_hard_mining_changes_the_loss_only_not_the_map() -> None:
 @pytest.mark.parametrize(
     ("switches", "message"),
     [
-        ({"map_fusion": "max"}, r"map_fusion='max': must be 'product' \(paper\) or 'mean'"),
+        ({"map_fusion": "max"}, r"map_fusion='max': must be 'product' \(paper\), 'mean' or 'auto'"),
         ({"map_strides": [32]}, r"map_strides=\[32\]: must be distinct level strides"),
         ({"map_strides": []}, r"map_strides=\[\]"),
         ({"hard_mining": 1.0}, r"hard_mining=1.0: is a share of pixels"),

@@ -1,0 +1,161 @@
+"""``map_fusion: auto``: the binned pixel AP, the choice, and a real run that chooses, fits, saves and restores."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+from sklearn.metrics import average_precision_score
+
+from anomalib_unias import UniAS
+from anomalib_unias.anomaly_map import PAPER_FUSION, Fusion, candidate_fusions
+from anomalib_unias.data import UniASDemo
+from anomalib_unias.errors import UniASArgumentError
+from anomalib_unias.fusion_selection import BINS, CHECKPOINT_KEY, FusionScores, binned_average_precision, score_bins
+from anomalib_unias.layout import category_of
+
+from .tiny import TINY_UNIAS
+
+
+def _binned_ap(scores: torch.Tensor, defect: torch.Tensor) -> float:
+    bins = score_bins(scores)
+    counts = torch.stack([torch.bincount(bins[~defect], minlength=BINS), torch.bincount(bins[defect], minlength=BINS)])
+    return float(binned_average_precision(counts))
+
+
+def test_binned_ap_is_sklearns_ap_exactly_on_distinct_scores_and_closely_on_continuous_ones() -> None:
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.tensor([1e-9, 1e-4, 0.02, 0.3, 5.0])  # far apart: every score in a bin of its own
+    scores = levels[torch.randint(0, 5, (5000,), generator=generator)]
+    defect = torch.rand(5000, generator=generator) < scores.clamp(max=1) * 0.9
+    assert _binned_ap(scores, defect) == pytest.approx(average_precision_score(defect, scores), abs=1e-12)
+    for separation in (0.5, 1.0, 2.0):
+        defect = torch.rand(100_000, generator=generator) < 0.02
+        scores = torch.exp(torch.randn(100_000, generator=generator) * 0.5 + separation * defect) * 0.01
+        expected = average_precision_score(defect, scores)
+        assert _binned_ap(scores, defect) == pytest.approx(expected, rel=0.01)
+
+
+def test_score_bins_rank_zero_negative_and_nan_scores() -> None:
+    bins = score_bins(torch.tensor([-0.1, 0.0, 1e-3, 1e-2, 16.0, float("nan")]))
+    assert bins.tolist()[:2] == [0, 0]  # 1 - cos rounding below 0 counts as no anomaly
+    assert bins[2] < bins[3] < bins[4] < bins[5] == BINS - 1  # NaN: as anomalous as it gets (as the model scores it)
+
+
+def _maps(truth: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    return (truth.float() + noise * torch.rand(truth.shape, generator=generator))[:, None]
+
+
+def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_mean_over_categories() -> None:
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[0, 2:5, 3:6] = masks[2, 8:12, 1:3] = True  # one defective image per category
+    fusions = (PAPER_FUSION, Fusion("mean", (16, 8)), Fusion("product", (16,)))
+    scores = FusionScores(fusions)
+    # fusion 1 is right in both categories; fusion 2 perfectly in "a" only; the paper's map is noise.
+    maps = [torch.rand(4, 1, 16, 16, generator=generator), _maps(masks, 0.9, generator), _maps(masks, 0.5, generator)]
+    maps[2][2:] = torch.rand(2, 1, 16, 16, generator=generator)
+    scores.update(maps, masks, ["a", "a", "b", "b"])
+    expected = {
+        fusion: np.mean(
+            [average_precision_score(masks[rows].ravel(), maps[i][rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
+        )
+        for i, fusion in enumerate(fusions)
+    }
+    measured = scores.average_precision()
+    assert measured == pytest.approx(expected, abs=0.01)  # 512 pixels: a few share a bin
+    assert scores.best() == max(expected, key=expected.get) == fusions[1]
+
+
+def test_ties_keep_the_paper_map_and_no_defect_pixel_chooses_nothing() -> None:
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :2] = True
+    same = masks.float()[:, None]
+    scores = FusionScores((PAPER_FUSION, Fusion("mean", (16, 8))))
+    scores.update([same, same.clone()], masks, ["a", "a"])
+    assert scores.best() == PAPER_FUSION
+    empty = FusionScores((Fusion("mean", (16, 8)), PAPER_FUSION))
+    empty.update([same, same], torch.zeros_like(masks), ["a", "a"])
+    assert empty.best() is None
+    assert all(np.isnan(value) for value in empty.average_precision().values())
+
+
+def test_candidates_are_runs_of_neighbouring_levels_with_the_paper_map_first() -> None:
+    fusions = candidate_fusions()
+    assert fusions[0] == PAPER_FUSION
+    assert len(fusions) == len(set(fusions)) == 16  # 6 runs of 2+ levels x (product, mean) + 4 single levels
+    assert Fusion("mean", (16, 4)) not in fusions
+    assert Fusion("mean", (8,)) == Fusion("product", (8,))  # one level: the same map under one name
+
+
+def test_auto_with_fixed_strides_is_refused() -> None:
+    with pytest.raises(UniASArgumentError, match=r"map_strides=\[16, 8\]: must be null with map_fusion='auto'"):
+        UniAS(**TINY_UNIAS, pre_trained=False, map_fusion="auto", map_strides=[16, 8])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> tuple[UniAS, Engine, UniASDemo]:
+    """A tiny ``map_fusion="auto"`` model after one epoch and its final validation (which chooses)."""
+    seed_everything(0)
+    model = UniAS(**TINY_UNIAS, map_fusion="auto")
+    datamodule = UniASDemo(root=demo_root, train_batch_size=8, eval_batch_size=8, num_workers=0)
+    work = tmp_path_factory.mktemp("fusion")
+    engine = Engine(max_epochs=1, default_root_dir=work, logger=False, enable_progress_bar=False)
+    engine.fit(model, datamodule=datamodule)
+    return model, engine, datamodule
+
+
+def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, ...]) -> dict[Fusion, float]:
+    """Every fusion's mean over categories of scikit-learn's pixel AP on the validation set, independently."""
+    maps: dict[Fusion, dict[str, list[np.ndarray]]] = {fusion: {} for fusion in fusions}
+    masks: dict[str, list[np.ndarray]] = {}
+    model.eval()
+    for batch in datamodule.val_dataloader():
+        image, mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        fused = model.model.fused_maps(image, fusions)
+        for index, path in enumerate(batch.image_path):
+            category = category_of(path)
+            masks.setdefault(category, []).append(mask[index].bool().numpy().ravel())
+            for fusion, fusion_maps in zip(fusions, fused, strict=True):
+                maps[fusion].setdefault(category, []).append(fusion_maps[index].numpy().ravel())
+    return {
+        fusion: float(
+            np.mean([average_precision_score(np.concatenate(masks[c]), np.concatenate(maps[fusion][c])) for c in masks])
+        )
+        for fusion in fusions
+    }
+
+
+def test_auto_chooses_the_best_fusion_on_validation_and_fits_the_thresholds_on_its_map(trained) -> None:
+    model, _, datamodule = trained
+    chosen = model.model.head.anomaly_map.fusion
+    assert chosen != PAPER_FUSION  # after one epoch the finest level leads by far here, so the check below can fail
+    independent = _validation_ap(model, datamodule, candidate_fusions())
+    assert independent[chosen] == pytest.approx(max(independent.values()), abs=0.005)
+    # The validation loop ran after the choice: anomalib's min/max are those of the chosen map.
+    maxima = []
+    for batch in datamodule.val_dataloader():
+        image, _ = model.pre_processor.transform(batch.image, batch.gt_mask)
+        maxima.append(model.model.fused_maps(image, [chosen])[0].max())
+    assert float(model.post_processor.pixel_max) == pytest.approx(float(torch.stack(maxima).max()), rel=1e-5)
+
+
+def test_the_choice_is_logged_saved_and_used_by_a_loaded_checkpoint(trained, caplog) -> None:
+    model, engine, datamodule = trained
+    chosen = model.model.head.anomaly_map.fusion
+    checkpoint_path = engine.trainer.checkpoint_callback.best_model_path
+    entry = torch.load(checkpoint_path, map_location="cpu", weights_only=False)[CHECKPOINT_KEY]
+    assert Fusion(entry["kind"], tuple(entry["strides"])) == chosen
+    assert set(entry["validation_pixel_AP"]) == {fusion.name for fusion in candidate_fusions()}
+    loaded = UniAS.load_from_checkpoint(checkpoint_path)
+    assert loaded.hparams["map_fusion"] == "auto"
+    assert loaded.model.head.anomaly_map.fusion == chosen
+    with caplog.at_level(logging.INFO, logger="anomalib_unias"):
+        engine.validate(model, datamodule=datamodule)
+    (line,) = [r.getMessage() for r in caplog.records if "map_fusion 'auto'" in r.getMessage()]
+    assert f"map_fusion 'auto': {chosen.name} (validation pixel AP" in line
