@@ -28,6 +28,7 @@ import functools
 import importlib
 import inspect
 import sys
+from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -100,13 +101,15 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     if model is None or not _is_unias(model.get("class_path")):
         return
     from .backbone import check_backbone_name  # noqa: PLC0415
-    from .validation import check_normalization, check_recipe, check_tiling  # noqa: PLC0415
+    from .components.optimizer import OptimizerRecipe  # noqa: PLC0415
+    from .validation import check_normalization, check_tiling  # noqa: PLC0415
 
     args = dict(vars(model.get("init_args")))
     try:
         check_backbone_name(str(args["backbone"]))
         Architecture.from_arguments(args)
-        for check in (check_normalization, check_recipe, check_tiling):
+        OptimizerRecipe(**{field.name: args[field.name] for field in fields(OptimizerRecipe)})
+        for check in (check_normalization, check_tiling):
             check(**{key: args[key] for key in inspect.signature(check).parameters})
     except ValueError as error:
         print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,6 +41,7 @@ from .architecture import Architecture, MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint
 from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
+from .components.optimizer import LearningRateSchedule, OptimizerRecipe
 from .errors import UniASArgumentError
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
 from .fusion_selection import restore_fusion
@@ -50,7 +50,7 @@ from .post_processor import UniASPostProcessor
 from .resolution import auto_tiling, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
-from .validation import check_normalization, check_recipe, check_tiling
+from .validation import check_normalization, check_tiling
 from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
@@ -63,21 +63,6 @@ RESOLUTION_SAMPLE = 2000
 """Images per split whose size is read (headers only) for the resolution check."""
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
-
-
-def warmup_cosine_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base learning rate over ``warmup_fraction`` of ``total_steps``, then cosine to 0."""
-    warmup_steps = max(1, round(warmup_fraction * total_steps))
-    decay_steps = max(1, total_steps - warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / decay_steps)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class UniAS(AnomalibModule):
@@ -133,6 +118,8 @@ class UniAS(AnomalibModule):
         hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
         learning_rate: AdamW learning rate (paper: 1e-4).
         weight_decay: AdamW weight decay on every trainable parameter (paper: 1e-4).
+        betas: AdamW's moment decay rates (paper: (0.9, 0.999)).  RD4AD trains with (0.5, 0.999), InvAD with
+            (0, 0.99) (:mod:`~anomalib_unias.components.optimizer`).
         lr_schedule: ``"step"`` = the paper's StepLR, stepped once per epoch; ``"cosine"`` = linear
             warm-up over ``warmup_fraction`` of all training steps, then a cosine decay to 0, stepped
             per batch.  The paper's step at epoch 400 never fires in a short run; a cosine schedule
@@ -140,6 +127,8 @@ class UniAS(AnomalibModule):
         lr_step_epochs: StepLR period in epochs (paper: 400).
         lr_gamma: StepLR factor (paper: 0.1).
         warmup_fraction: Share of the training steps spent warming up with ``lr_schedule="cosine"``.
+        lr_floor: Where the cosine decay ends, as a share of ``learning_rate`` (0: at 0; Dinomaly, CVPR 2025:
+            2e-3 to 2e-4, i.e. 0.1).  Not in the paper.
         max_epochs: Leave ``None`` and set the trainer's ``max_epochs`` (YAML ``trainer:`` section or
             ``--trainer.max_epochs``).  Set it only where no trainer section exists, as in
             ``anomalib benchmark`` configs: it then overrides the trainer's value.
@@ -186,10 +175,12 @@ class UniAS(AnomalibModule):
         hard_mining_warmup: int = 1000,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
-        lr_schedule: Literal["step", "cosine"] = "step",
+        betas: tuple[float, float] = (0.9, 0.999),
+        lr_schedule: LearningRateSchedule = "step",
         lr_step_epochs: int = 400,
         lr_gamma: float = 0.1,
         warmup_fraction: float = 0.05,
+        lr_floor: float = 0.0,
         max_epochs: int | None = None,
         int8_variant: Int8Variant = "map-fp32",
         thresholds: str | Path | None = None,
@@ -201,13 +192,15 @@ class UniAS(AnomalibModule):
     ) -> None:
         architecture = Architecture.from_arguments(locals())
         input_size = architecture.input_size
-        check_recipe(
+        self.optimizer_recipe = OptimizerRecipe(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
+            betas=betas,
             lr_schedule=lr_schedule,
             lr_step_epochs=lr_step_epochs,
             lr_gamma=lr_gamma,
             warmup_fraction=warmup_fraction,
+            lr_floor=lr_floor,
         )
         tiling = {"image_size": image_size, "tile_stride": tile_stride, "train_tiles": train_tiles}
         image_size, _ = check_tiling(input_size=input_size, **tiling)
@@ -233,12 +226,6 @@ class UniAS(AnomalibModule):
             architecture=architecture,
             **tiling,
         )
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.lr_step_epochs = lr_step_epochs
-        self.lr_gamma = lr_gamma
-        self.warmup_fraction = warmup_fraction
         self.max_epochs = max_epochs
         if int8_variant not in INT8_VARIANTS:
             msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {list(INT8_VARIANTS)}."
@@ -471,24 +458,13 @@ class UniAS(AnomalibModule):
         return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW on the trainable parameters + the learning-rate schedule (paper: StepLR per epoch, docs/design.md §7).
+        """AdamW on the trainable parameters + the learning-rate schedule (:mod:`~anomalib_unias.components.optimizer`).
 
-        ``foreach=True``: the same update, computed for all parameter tensors at once (PyTorch picks the
-        per-tensor loop on CPU by default, which cost a quarter of a small model's training step here).
+        The paper's: AdamW 1e-4, weight decay 1e-4, StepLR per epoch (docs/design.md §7).
         """
-        optimizer = torch.optim.AdamW(
-            (p for p in self.model.parameters() if p.requires_grad),
-            lr=self.learning_rate,
-            betas=(0.9, 0.999),
-            weight_decay=self.weight_decay,
-            foreach=True,
-        )
-        if self.lr_schedule == "cosine":
-            total_steps = int(self.trainer.estimated_stepping_batches)
-            scheduler = warmup_cosine_schedule(optimizer, total_steps, self.warmup_fraction)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        recipe = self.optimizer_recipe
+        total_steps = int(self.trainer.estimated_stepping_batches) if recipe.lr_schedule == "cosine" else 0
+        return recipe.configure((p for p in self.model.parameters() if p.requires_grad), total_steps)
 
     def configure_gradient_clipping(
         self,

@@ -1,4 +1,4 @@
-"""The constraints on UniAS's arguments outside the architecture record: tiling, statistics, recipe.
+"""The constraints on UniAS's arguments outside the architecture and optimiser records: tiling, statistics.
 
 The architecture's own checks run when an :class:`~anomalib_unias.architecture.Architecture` is made.
 Each refusal is a :class:`~anomalib_unias.errors.UniASArgumentError` that names the argument, the value,
@@ -121,31 +121,3 @@ def check_normalization(*, input_mean: Sequence[float] | None, input_std: Sequen
         refuse("input_mean", list(input_mean), "must be three finite numbers (R, G, B)", "null (the backbone's own)")
     if input_std is not None and (len(input_std) != 3 or not all(math.isfinite(v) and v > 0 for v in input_std)):
         refuse("input_std", list(input_std), "must be three finite numbers > 0 (R, G, B)", "null (the backbone's own)")
-
-
-def check_recipe(
-    *,
-    learning_rate: float,
-    weight_decay: float,
-    lr_schedule: str,
-    lr_step_epochs: int,
-    lr_gamma: float,
-    warmup_fraction: float,
-) -> None:
-    """Check the optimiser and schedule arguments.
-
-    Raises:
-        UniASArgumentError: naming the first argument that cannot work.
-    """
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        refuse("learning_rate", learning_rate, "must be a finite number > 0", "1e-4 (paper)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        refuse("weight_decay", weight_decay, "must be a finite number >= 0", "1e-4 (paper)")
-    if lr_schedule not in ("step", "cosine"):
-        refuse("lr_schedule", lr_schedule, "must be 'step' (paper) or 'cosine'", "'step'")
-    if lr_step_epochs < 1:
-        refuse("lr_step_epochs", lr_step_epochs, "must be at least 1 epoch", "400 (paper)")
-    if not 0 < lr_gamma <= 1:
-        refuse("lr_gamma", lr_gamma, "must be in (0, 1]", "0.1 (paper)")
-    if not 0 <= warmup_fraction < 1:
-        refuse("warmup_fraction", warmup_fraction, "must be in [0, 1)", "0.05")

@@ -53,6 +53,7 @@ from anomalib.models import Padim, Patchcore
 from anomalib.models.components import GaussianBlur2d
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.trainer.states import TrainerFn
 from sklearn.metrics import average_precision_score
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -208,13 +209,10 @@ class LearningCurve(Callback):
         pl_module.model.backbone.eval()
 
 
-def keep_half(datamodule: AnomalibDataModule, half: str) -> None:
-    """Restrict the (set-up) data module's test and validation sets to one half of the test images."""
-    halves = assign_halves(list(datamodule.test_data.samples.image_path))
-    for dataset in (datamodule.test_data, getattr(datamodule, "val_data", None)):
-        if dataset is not None:
-            keep = dataset.samples.image_path.map(halves).eq(half)
-            dataset.samples = dataset.samples[keep].reset_index(drop=True)
+def keep_half(dataset: Any, half: str) -> None:
+    """Restrict a (set-up) evaluation dataset to one half of the test images (:func:`assign_halves`)."""
+    halves = assign_halves(list(dataset.samples.image_path))
+    dataset.samples = dataset.samples[dataset.samples.image_path.map(halves).eq(half)].reset_index(drop=True)
 
 
 @torch.no_grad()
@@ -292,9 +290,12 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         num_workers=args.num_workers,
         seed=args.seed,
     )
+    # Set up once, as the trainer would: validation (thresholds, and the fusion of map_fusion: auto) sees the select
+    # half of the test images only; the tests below restrict the test set to each half in turn.
+    datamodule.setup(TrainerFn.FITTING)
+    keep_half(datamodule.val_data, "select")
     image_size = recipe["model"].get("image_size") or input_size
     if image_size == "auto":  # resolved here, once, so that every model works at the same resolution
-        datamodule.setup()
         paths = list(datamodule.train_data.samples.image_path) + list(datamodule.test_data.samples.image_path)
         sizes = image_sizes(paths[:RESOLUTION_SAMPLE])
         image_size, train_tiles = auto_tiling(sizes, input_size, tile_stride, recipe["model"].get("train_tiles"))
@@ -357,22 +358,23 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         logger=False,
         enable_progress_bar=False,
         callbacks=[*tiling, collector] if curve is None else [curve, collector],
-        check_val_every_n_epoch=10**6,  # UniAS: no validation pass during training (the curve scores the test set)
+        check_val_every_n_epoch=epochs,  # one validation (on the select half), after the last epoch
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     # UniAS's map fusions on both test halves (before the test set is split for the two tests below).
-    levels = evaluate(model, datamodule, fusions=list(FUSIONS), metrics=METRICS) if name == "unias" else {}
-    everything = {split: getattr(datamodule, split).samples for split in ("test_data", "val_data")}
-    keep_half(datamodule, "select")
+    if name == "unias":
+        settings["map"] = model.model.head.anomaly_map.fusion.name  # the recipe's, or the one auto chose
+    levels = evaluate(model, datamodule, fusions=["configured", *FUSIONS], metrics=METRICS) if name == "unias" else {}
+    everything = datamodule.test_data.samples
+    keep_half(datamodule.test_data, "select")
     if name == "unias":
         selection = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     else:  # the baselines at their best: their map blur chosen on the select half
         selection = best_blur(model, engine, datamodule, args.baseline_sigmas, settings)
-    for split, samples in everything.items():
-        getattr(datamodule, split).samples = samples
-    keep_half(datamodule, "holdout")
+    datamodule.test_data.samples = everything
+    keep_half(datamodule.test_data, "holdout")
     collector.clear()
     start = time.perf_counter()
     results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -14,7 +15,16 @@ from anomalib_unias.loss import HARD_MINING_FACTOR, UniASLoss
 
 from .tiny import TINY_UNIAS
 
-SWITCHES = {"map_fusion": "product", "map_strides": None, "hard_mining": None, "image_size": None, "train_tiles": None}
+SWITCHES = {
+    "map_fusion": "product",
+    "map_strides": None,
+    "hard_mining": None,
+    "image_size": None,
+    "train_tiles": None,
+    "lr_schedule": "step",
+    "betas": (0.9, 0.999),
+    "lr_floor": 0.0,
+}
 
 
 def _model(**switches: object) -> UniAS:
@@ -110,8 +120,35 @@ def test_hard_mining_changes_the_loss_only_not_the_map() -> None:
         ({"map_strides": []}, r"map_strides=\[\]"),
         ({"hard_mining": 1.0}, r"hard_mining=1.0: is a share of pixels"),
         ({"hard_mining_warmup": -1}, r"hard_mining_warmup=-1"),
+        ({"betas": (0.9, 1.0)}, r"betas=\[0.9, 1.0\]: must be two numbers in \[0, 1\)"),
+        ({"lr_floor": 2.0}, r"lr_floor=2.0: must be in \[0, 1\]"),
     ],
 )
 def test_bad_switch_values_are_refused_by_name(switches: dict, message: str) -> None:
     with pytest.raises(UniASArgumentError, match=message):
         _model(**switches)
+
+
+def _learning_rates(model: UniAS, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimiser steps under the model's schedule."""
+    config = model.optimizer_recipe.configure(model.model.head.parameters(), steps)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_short_run_optimiser_settings_change_the_schedule_and_betas_only() -> None:
+    recipe = {"lr_schedule": "cosine", "learning_rate": 2e-3, "warmup_fraction": 0.1}
+    plain, floored = _model(**recipe), _model(**recipe, lr_floor=0.1, betas=(0.5, 0.999))
+    plain_rates, floored_rates = _learning_rates(plain, 100), _learning_rates(floored, 100)
+    assert plain_rates[:10] == pytest.approx([2e-3 * (k + 1) / 10 for k in range(10)])  # linear warm-up
+    assert floored_rates[:11] == pytest.approx(plain_rates[:11])  # the same up to the peak
+    assert plain_rates[-1] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))  # cosine to 0
+    # The floor lifts the cosine: lr = floor + (1 - floor) * cosine, ending at 0.1 x 2e-3.
+    assert floored_rates[10:] == pytest.approx([2e-4 + 0.9 * rate for rate in plain_rates[10:]])
+    config = floored.optimizer_recipe.configure(floored.model.head.parameters(), 100)
+    assert config["optimizer"].param_groups[0]["betas"] == (0.5, 0.999)
