@@ -83,7 +83,7 @@ class UniAS(AnomalibModule):
             aspect change), else the data's typical image size on the tile grid (at most 1.5 Mpixel);
             resolved when fit/test/predict starts and stored in the checkpoint.  Not in the paper.
         tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).  Tiles must
-            cover ``image_size`` exactly; overlaps are averaged.
+            cover ``image_size`` exactly; overlapping maps are blended by a pyramid window.
         train_tiles: Training tiles per image per step, cut at random positions of the ``image_size``
             image; ``None`` = every grid tile.  A step then costs ``train_tiles`` tiles per image whatever
             the resolution.

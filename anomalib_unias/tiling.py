@@ -1,12 +1,14 @@
-"""Tiles for images larger than UniAS's input: anomalib's ``Tiler``, checked for UniAS, and random training tiles.
+"""Tiles for images larger than UniAS's input: a tile grid cut and blended by one gather each, random training tiles.
 
 UniAS's head is built for one input size: its query grid, neighbour masks and channel-attention width
 are ``input_size / 16`` (docs/design.md §4).  For high-resolution and non-square images the
 pre-processor resizes to a working resolution ``image_size`` and the torch model cuts every image into
-tiles of ``input_size`` with anomalib's :class:`~anomalib.data.utils.tiler.Tiler`: all tiles of a batch
-run through the backbone and head as one batch, and the per-tile maps are untiled into the full map
-(overlaps weighted by a pyramid window, :func:`blend_untile`).  anomalib's ``TilerConfigurationCallback``
-sets the same tiler; :func:`check_tiler` refuses one that does not fit the model.
+tiles of ``input_size`` (:class:`TileGrid`): all tiles of a batch run through the backbone and head as one
+batch, and the per-tile maps are put back into the full map, overlaps weighted by a pyramid window.  The
+tiles are anomalib's (:class:`~anomalib.data.utils.tiler.Tiler`: the same positions and order), but cut and
+blended by one gather each instead of a Python loop over the tiles, so an exported graph does not grow with
+the tile count.  anomalib's ``TilerConfigurationCallback`` sets a tiler too; :func:`check_tiler` refuses one
+that does not fit the model, and the model tiles with a :class:`TileGrid` of its size and stride.
 
 Training sees every grid tile as a sample, or, with ``train_tiles=k``, ``k`` tiles per image cut at
 random positions (:func:`random_tiles`): a step then costs ``k`` tiles whatever the image size, while
@@ -16,17 +18,14 @@ the model still sees the image at the working resolution.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from anomalib.data.utils.tiler import Tiler
+from torch import nn
 
 from .errors import UniASArgumentError
 from .validation import check_tiling
-
-
-def make_tiler(tile_size: Sequence[int], stride: Sequence[int]) -> Tiler:
-    """Anomalib's ``Tiler`` for tiles of ``tile_size`` at ``stride`` (tiles that cover the image exactly)."""
-    return Tiler(tile_size=tuple(tile_size), stride=tuple(stride))
 
 
 def check_tiler(tiler: Tiler, input_size: Sequence[int], image_size: Sequence[int]) -> tuple[int, int]:
@@ -68,15 +67,81 @@ def pyramid_window(tile_size: Sequence[int]) -> torch.Tensor:
     return weight_h[:, None] * weight_w[None, :]
 
 
-def blend_untile(tiler: Tiler, tile_maps: torch.Tensor) -> torch.Tensor:
-    """Untile ``tile_maps`` (B * tiles, 1, h, w, from the tiler's last ``tile``), overlaps weighted by the window.
+Blend = Literal["pyramid", "uniform"]
+"""How overlapping tiles' maps are combined: weighted by :func:`pyramid_window` (UniAS) or averaged (anomalib)."""
 
-    The window is :func:`pyramid_window`.  Where tiles do not overlap this is anomalib's untiling (up to rounding);
-    where they do, each pixel is the window-weighted mean of its tiles' values.
+
+class TileGrid(nn.Module):
+    """Cut images of ``image_size`` into tiles of ``tile_size`` at ``stride`` and blend the tiles' maps back.
+
+    The tiles and their order are those of anomalib's ``Tiler.tile`` (row-major positions, the tiles of one image
+    after each other), for tiles that cover the image exactly.  Both directions are one gather each, with index
+    tensors made once here (non-persistent buffers: not in the state dict), so eager runs and exported graphs
+    cost the same whatever the number of tiles.  Each pixel of the blended map is the weighted mean of the values
+    its tiles give it (at most ``ceil(tile / stride)`` tiles per axis), weighted by :func:`pyramid_window`
+    (``blend="pyramid"``) or equally (``"uniform"``: anomalib's ``untile``).
+
+    Args:
+        image_size: ``(H, W)`` of the images.
+        tile_size: ``(h, w)`` of a tile.
+        stride: ``(H, W)`` step between tiles; the tiles must cover the image exactly (:func:`check_tiling`).
+        blend: ``"pyramid"`` (UniAS) or ``"uniform"``.
     """
-    window = pyramid_window(tile_maps.shape[-2:]).to(tile_maps)
-    weights = window.expand_as(tile_maps)
-    return tiler.untile(tile_maps * window) / tiler.untile(weights)
+
+    def __init__(
+        self, image_size: Sequence[int], tile_size: Sequence[int], stride: Sequence[int], blend: Blend = "pyramid"
+    ) -> None:
+        super().__init__()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.tile_size = (int(tile_size[0]), int(tile_size[1]))
+        self.stride = (int(stride[0]), int(stride[1]))
+        (height, width), (tile_h, tile_w), (stride_h, stride_w) = self.image_size, self.tile_size, self.stride
+        tops = torch.arange(0, height - tile_h + 1, stride_h)
+        lefts = torch.arange(0, width - tile_w + 1, stride_w)
+        if tops[-1] + tile_h != height or lefts[-1] + tile_w != width:
+            msg = f"tiles of {list(self.tile_size)} at stride {list(self.stride)} do not cover {list(self.image_size)}"
+            raise ValueError(msg)
+        self.count = len(tops) * len(lefts)
+        rows = (tops[:, None] + torch.arange(tile_h)[None, :])[:, None, :, None]  # (nh, 1, h, 1)
+        cols = (lefts[:, None] + torch.arange(tile_w)[None, :])[None, :, None, :]  # (1, nw, 1, w)
+        pixel = (rows * width + cols).reshape(-1)  # image pixel of every tile pixel, tiles in anomalib's order
+        self.register_buffer("tile_index", pixel, persistent=False)
+        window = pyramid_window(self.tile_size) if blend == "pyramid" else torch.ones(self.tile_size)
+        weight = window.reshape(-1).repeat(self.count).double()  # normalised in float64, kept in float32
+        # Group the tile pixels by the image pixel they fall on: the j-th tile over pixel p sits in slot j.
+        order = torch.argsort(pixel, stable=True)
+        counts = torch.bincount(pixel, minlength=height * width)
+        if not counts.all():
+            msg = f"tiles of {list(self.tile_size)} at stride {list(self.stride)} leave pixels of the image uncovered"
+            raise ValueError(msg)
+        slots = int(counts.max())
+        slot = torch.arange(len(pixel)) - (torch.cumsum(counts, 0) - counts)[pixel[order]]
+        contributors = torch.zeros(slots, height * width, dtype=torch.long)
+        contributor_weights = torch.zeros(slots, height * width, dtype=weight.dtype)
+        contributors[slot, pixel[order]] = order
+        contributor_weights[slot, pixel[order]] = weight[order]
+        # A pixel under fewer tiles fills its slots with its tiles again (each share of the weight cut by the number
+        # of its copies), never with a zero-weight stand-in: an infinite map value (a NaN input) stays infinite.
+        copy = torch.arange(slots)[:, None] % counts[None, :]
+        copies = (slots - copy + counts - 1) // counts
+        blend_weight = contributor_weights.gather(0, copy) / copies
+        self.register_buffer("blend_index", contributors.gather(0, copy), persistent=False)
+        blend_weight = (blend_weight / blend_weight.sum(0, keepdim=True)).float()
+        self.register_buffer("blend_weight", blend_weight, persistent=False)
+
+    def tile(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (B, C, H, W) -> tiles (B * count, C, h, w), the tiles of one image after each other."""
+        batch, channels = images.shape[:2]
+        tiles = images.flatten(2).index_select(2, self.tile_index)  # (B, C, count * h * w)
+        tiles = tiles.view(batch, channels, self.count, *self.tile_size).transpose(1, 2)
+        return tiles.reshape(-1, channels, *self.tile_size)
+
+    def untile(self, tile_maps: torch.Tensor) -> torch.Tensor:
+        """Tiles' maps (B * count, C, h, w) -> the blended map (B, C, H, W)."""
+        channels = tile_maps.shape[1]
+        values = tile_maps.view(-1, self.count, channels, *self.tile_size).transpose(1, 2).flatten(2)
+        gathered = values.index_select(2, self.blend_index.reshape(-1)).unflatten(2, self.blend_index.shape)
+        return (gathered * self.blend_weight).sum(dim=2).unflatten(2, self.image_size)
 
 
 def random_tiles(images: torch.Tensor, tile_size: Sequence[int], count: int) -> torch.Tensor:
@@ -98,4 +163,4 @@ def random_tiles(images: torch.Tensor, tile_size: Sequence[int], count: int) -> 
     )
 
 
-__all__ = ["blend_untile", "check_tiler", "make_tiler", "pyramid_window", "random_tiles"]
+__all__ = ["Blend", "TileGrid", "check_tiler", "pyramid_window", "random_tiles"]

@@ -24,7 +24,7 @@ from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, 
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
-from .tiling import Tiler, blend_untile, check_tiler, make_tiler, random_tiles
+from .tiling import TileGrid, Tiler, check_tiler, random_tiles
 from .validation import check_tiling
 
 
@@ -114,9 +114,9 @@ class UniASModel(nn.Module):
     """UniAS: a frozen backbone and the :class:`UniASHead`, optionally over tiles of a larger image.
 
     With ``image_size`` larger than the architecture's ``input_size`` the model takes ``image_size``
-    images, cuts them into ``input_size`` tiles (anomalib's :class:`~anomalib.data.utils.tiler.Tiler`,
-    :attr:`tiler`), and returns the untiled full-size map (:mod:`anomalib_unias.tiling`).  anomalib's
-    ``TilerConfigurationCallback`` may set :attr:`tiler` too; a tiler that does not fit is refused.
+    images, cuts them into ``input_size`` tiles (:attr:`tiler`, anomalib's tiles cut and blended by
+    :class:`~anomalib_unias.tiling.TileGrid`), and returns the untiled full-size map (:mod:`anomalib_unias.tiling`).
+    anomalib's ``TilerConfigurationCallback`` may set :attr:`tiler` too; a tiler that does not fit is refused.
 
     Args:
         backbone: The frozen feature network (see :func:`anomalib_unias.backbone.create_backbone`), tapped
@@ -149,7 +149,7 @@ class UniASModel(nn.Module):
         self.backbone = backbone
         self.head = UniASHead(feature_channels=backbone.channels, architecture=architecture)
         self.input_size = architecture.input_size
-        self._tiler: Tiler | None = None
+        self._tiler: TileGrid | None = None
         self.use_image_size(image_size or self.input_size, tile_stride=tile_stride, train_tiles=train_tiles)
 
     def use_image_size(
@@ -169,35 +169,40 @@ class UniASModel(nn.Module):
             input_size=self.input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
         )
         self.train_tiles = train_tiles
-        self._tiler = make_tiler(self.input_size, stride) if self.image_size != self.input_size else None
+        tiled = self.image_size != self.input_size
+        self._tiler = TileGrid(self.image_size, self.input_size, stride) if tiled else None
 
     @property
-    def tiler(self) -> Tiler | None:
-        """Anomalib's tiler of the images into ``input_size`` tiles, or ``None`` (no tiling)."""
+    def tiler(self) -> TileGrid | None:
+        """The grid of ``input_size`` tiles the images are cut into, or ``None`` (no tiling)."""
         return self._tiler
 
     @tiler.setter
     def tiler(self, tiler: Tiler | None) -> None:
-        """Use ``tiler`` (as anomalib's ``TilerConfigurationCallback`` does), once it is checked to fit.
+        """Tile like anomalib's ``tiler`` (as its ``TilerConfigurationCallback`` sets it), once it is checked to fit.
+
+        The model cuts and blends the same tiles with a :class:`~anomalib_unias.tiling.TileGrid` of its stride.
 
         Raises:
             UniASArgumentError: the tile is not ``input_size``, or its tiles do not cover ``image_size``.
         """
-        if tiler is not None:
-            check_tiler(tiler, self.input_size, self.image_size)
-        self._tiler = tiler
+        if tiler is None:
+            self._tiler = None
+            return
+        stride = check_tiler(tiler, self.input_size, self.image_size)
+        self._tiler = TileGrid(self.image_size, self.input_size, stride)
 
     @property
     def tile_stride(self) -> tuple[int, int]:
         """The stride between tiles (``input_size`` when there is no tiler)."""
-        return (self._tiler.stride_h, self._tiler.stride_w) if self._tiler else self.input_size
+        return self._tiler.stride if self._tiler is not None else self.input_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]] | InferenceBatch:
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.
 
         With a tiler, training reads the batch's tiles (every grid tile, or :attr:`train_tiles` random ones
         per image) as samples, and evaluation untiles the tiles' maps into the image's map (overlaps blended
-        by :func:`~anomalib_unias.tiling.blend_untile`), whose maximum is the image score.  Evaluation never
+        by :meth:`~anomalib_unias.tiling.TileGrid.untile`), whose maximum is the image score.  Evaluation never
         needs gradients, and anomalib's ``TorchInferencer`` calls the model without switching them off (its
         ``.numpy()`` then fails on tensors that require grad).
         """
@@ -214,7 +219,7 @@ class UniASModel(nn.Module):
             if self._tiler is None:
                 return self.head(self.backbone(images))
             tiles = self.head(self.backbone(self._tiler.tile(images)))
-            anomaly_map = blend_untile(self._tiler, tiles.anomaly_map)
+            anomaly_map = self._tiler.untile(tiles.anomaly_map)
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
     @torch.no_grad()
@@ -231,7 +236,7 @@ class UniASModel(nn.Module):
         result = self.head.reconstruct(self.backbone(tiles))
         levels = generator.level_maps(result.reconstructions, result.targets)
         maps = [generator.fuse(levels, fusion) for fusion in fusions]
-        return [blend_untile(self._tiler, fused) for fused in maps] if self._tiler is not None else maps
+        return [self._tiler.untile(fused) for fused in maps] if self._tiler is not None else maps
 
     def _check_image_size(self, images: torch.Tensor) -> None:
         if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:

@@ -2,7 +2,7 @@
 
 For choosing how a tiled model is read, without retraining: each variant re-cuts the test images into
 tiles at a stride, blends overlapping tiles' maps (``uniform``: anomalib's plain average; ``pyramid``: the
-window of :func:`anomalib_unias.tiling.blend_untile`, what UniAS does) and fuses the levels (the model's
+window of :class:`anomalib_unias.tiling.TileGrid`, what UniAS does) and fuses the levels (the model's
 own fusion, or ``--fusion``/``--levels``).  Maps are upsampled to each image's own size and scored there
 (``--native``), so that models trained at different working resolutions compare on the same pixels; pixel
 AP and image AUROC per category on each half of the test set (``_common.assign_halves``), and the seam
@@ -36,7 +36,7 @@ from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.layout import category_of
-from anomalib_unias.tiling import blend_untile, make_tiler
+from anomalib_unias.tiling import TileGrid
 
 SCORED_AT = {True: "the images' own size", False: "the working resolution"}
 SEAM_COLUMNS = 2
@@ -54,9 +54,8 @@ def tiled_map(model: UniAS, images: torch.Tensor, stride: int, blend: str, pad: 
         padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         return tiled_map(model, padded, stride, blend)[..., pad : pad + height, pad : pad + width]
     torch_model = model.model
-    tiler = make_tiler(torch_model.input_size, (stride, stride))
-    tile_maps = torch_model.head(torch_model.backbone(tiler.tile(images))).anomaly_map
-    return blend_untile(tiler, tile_maps) if blend == "pyramid" else tiler.untile(tile_maps)
+    grid = TileGrid(images.shape[-2:], torch_model.input_size, (stride, stride), blend=blend).to(images.device)
+    return grid.untile(torch_model.head(torch_model.backbone(grid.tile(images))).anomaly_map)
 
 
 def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, native: bool, pad: int = 0) -> dict:

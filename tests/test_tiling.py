@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from anomalib.callbacks import TilerConfigurationCallback
+from anomalib.data.utils.tiler import Tiler
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
 from anomalib_unias.errors import UniASArgumentError
-from anomalib_unias.tiling import random_tiles
+from anomalib_unias.tiling import TileGrid, pyramid_window, random_tiles
 
 from .tiny import TINY_UNIAS
 
@@ -76,6 +77,29 @@ def test_overlapping_tiles_are_blended_by_the_pyramid_window() -> None:
     # Not anomalib's plain average: where two tiles overlap, the one holding the pixel nearer its centre weighs more.
     average = plain / torch.tensor([1.0] * 32 + [2.0] * 64 + [1.0] * 32, dtype=torch.float64)
     assert (tiled - average).abs().max() > 1e-3 * (expected.max() - expected.min())
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize(
+    ("image_size", "tile", "stride"),
+    [((64, 192), (64, 64), (64, 64)), ((128, 2048), (128, 128), (64, 64)), ((96, 160), (64, 64), (16, 48))],
+)
+def test_the_tile_grid_cuts_anomalibs_tiles_and_blends_them_back_by_gathers(image_size, tile, stride) -> None:
+    """Tiles equal to anomalib's ``Tiler.tile``; uniform blend = its ``untile``; pyramid = the window-weighted mean."""
+    grid, tiler = TileGrid(image_size, tile, stride).double(), Tiler(tile_size=tile, stride=stride)
+    images = torch.rand(2, 3, *image_size)
+    tiles = grid.tile(images)
+    assert torch.equal(tiles, tiler.tile(images))
+    maps = torch.rand(tiles.shape[0], 1, *tile)
+    uniform = TileGrid(image_size, tile, stride, blend="uniform").double().untile(maps)
+    assert (uniform - tiler.untile(maps)).abs().max() <= 1e-6  # 1/3 and the like, as float32 weights
+    window = pyramid_window(tile).double()
+    expected = tiler.untile(maps * window) / tiler.untile(window.expand_as(maps).clone())
+    assert (grid.untile(maps) - expected).abs().max() <= 1e-6  # weights normalised once, kept in float32
+    maps[0, 0, 5, 5] = float("inf")  # a NaN input pixel's map value: it stays infinite, never NaN
+    blended = grid.untile(maps)
+    assert blended.isinf().sum() == 1
+    assert not blended.isnan().any()
 
 
 class _TileCounter:
