@@ -14,10 +14,41 @@ from collections.abc import Sequence
 from .architecture import QUERY_STRIDE
 from .errors import refuse
 
+MAX_TRAIN_TILES = 256
+"""Most random training tiles per image per step: a step holds ``train_batch_size x train_tiles`` tiles."""
 
-def _covering(edge: int, tile: int, stride: int) -> int:
-    """The edge length closest to ``edge`` that tiles of ``tile`` at ``stride`` cover exactly (>= tile)."""
-    return tile + max(0, round((edge - tile) / stride)) * stride
+
+def _nearest_covered(edge: int, tile: int, stride: int) -> list[int]:
+    """The edge lengths just below and above ``edge`` that tiles of ``tile`` at ``stride`` cover exactly."""
+    below = tile + max(0, (edge - tile) // stride) * stride
+    return sorted({below, below + stride} - {edge})
+
+
+def _check_train_tiles(train_tiles: object) -> None:
+    """``train_tiles`` is null or a whole number in [1, :data:`MAX_TRAIN_TILES`]."""
+    if train_tiles is None:
+        return
+    if isinstance(train_tiles, bool) or not isinstance(train_tiles, int):
+        refuse("train_tiles", train_tiles, "must be a whole number of tiles (or null: every grid tile)", "4")
+    if not 1 <= train_tiles <= MAX_TRAIN_TILES:
+        rule = (
+            f"must be in [1, {MAX_TRAIN_TILES}] random tiles per image per step (a step holds train_batch_size x "
+            "train_tiles tiles), or null"
+        )
+        refuse("train_tiles", train_tiles, rule, "4")
+
+
+def _check_stride_range(stride: Sequence[int], tile: Sequence[int]) -> None:
+    """Every stride in [1, tile], on every axis (also one that is a single tile long)."""
+    for axis, name in enumerate(("height", "width")):
+        if not 0 < stride[axis] <= tile[axis]:
+            refuse(
+                "tile_stride",
+                list(stride),
+                f"the {name} stride {stride[axis]} must be in [1, {tile[axis]}] (at most the tile's {name}: larger "
+                "strides skip pixels)",
+                f"{tile[axis]} (non-overlapping) or {tile[axis] // 2} (half-overlapping), if they cover the image",
+            )
 
 
 def _covering_strides(edge: int, tile: int) -> list[int]:
@@ -31,11 +62,11 @@ def _check_auto_tiling(
     """:func:`check_tiling` for ``image_size="auto"``: what can be checked before the data is seen."""
     if image_size != "auto":
         refuse("image_size", image_size, "must be [height, width], 'auto' or null", "'auto'")
-    if tile_stride is not None and not all(0 < int(s) <= t for s, t in zip(tile_stride, tile, strict=True)):
-        refuse("tile_stride", list(tile_stride), f"each stride must be in [1, tile] = [1, {list(tile)}]", "null")
-    if train_tiles is not None and train_tiles < 1:
-        refuse("train_tiles", train_tiles, "must be at least 1 (random tiles per image per step) or null", "4")
+    _check_train_tiles(train_tiles)
     stride = tile if tile_stride is None else tuple(int(s) for s in tile_stride)
+    if len(stride) != 2:
+        refuse("tile_stride", tile_stride, "must be [height, width]", f"{list(tile)} (non-overlapping tiles)")
+    _check_stride_range(stride, tile)
     return (tile[0], tile[1]), (stride[0], stride[1])
 
 
@@ -75,30 +106,29 @@ def check_tiling(
     stride = tile if tile_stride is None else tuple(int(v) for v in tile_stride)
     if len(stride) != 2:
         refuse("tile_stride", tile_stride, "must be [height, width]", f"{list(tile)} (non-overlapping tiles)")
+    _check_stride_range(stride, tile)
+    _check_train_tiles(train_tiles)
     for axis, name in enumerate(("height", "width")):
         edge, side, step = image[axis], tile[axis], stride[axis]
-        if image[axis] == tile[axis]:
-            continue  # one tile along this axis: the stride is never used
-        if not 0 < step <= side:
+        if (edge - side) % step == 0:
+            continue
+        if tile_stride is None:  # the stride is the tile's own: the image size is what is off the grid
             refuse(
-                "tile_stride",
-                list(stride),
-                f"the {name} stride {step} must be in [1, {side}] (at most the tile's {name}: larger strides "
-                "skip pixels)",
-                f"{side} (non-overlapping) or {side // 2} (half-overlapping), if they cover the image",
-            )
-        if (edge - side) % step:
-            strides = _covering_strides(edge, side)
-            refuse(
-                "tile_stride",
-                list(stride),
-                f"tiles of {name} {side} at stride {step} do not cover the image {name} {edge} exactly "
+                "image_size",
+                list(image),
+                f"the {name} {edge} is not covered exactly by tiles of input_size {name} {side} "
                 f"({(edge - side) % step} pixels would be padded)",
-                f"image_size {name} {_covering(edge, side, step)} with this stride"
-                + (f", or a {name} stride of {', '.join(map(str, strides[:3]))}" if strides else ""),
+                f"a {name} of {' or '.join(map(str, _nearest_covered(edge, side, step)))}, or 'auto'",
             )
-    if train_tiles is not None and train_tiles < 1:
-        refuse("train_tiles", train_tiles, "must be at least 1 (random tiles per image per step) or null", "4")
+        strides = _covering_strides(edge, side)
+        refuse(
+            "tile_stride",
+            list(stride),
+            f"tiles of {name} {side} at stride {step} do not cover the image {name} {edge} exactly "
+            f"({(edge - side) % step} pixels would be padded)",
+            f"image_size {name} {' or '.join(map(str, _nearest_covered(edge, side, step)))} with this stride"
+            + (f", or a {name} stride of {', '.join(map(str, strides[:3]))}" if strides else ""),
+        )
     if train_tiles is not None and image == tile:
         refuse(
             "train_tiles",

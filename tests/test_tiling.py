@@ -142,12 +142,20 @@ def test_random_tiles_are_crops_of_their_own_image_and_repeat_with_the_seed() ->
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"image_size": (64, 200)}, r"tile_stride=\[64, 64\]: tiles of width 64 at stride 64 do not cover .* 192"),
+        # The stride was not set: the image size is what is off the grid, and the nearest sizes on it are named.
+        ({"image_size": (64, 200)}, r"image_size=\[64, 200\]: the width 200 is not covered .* width of 192 or 256"),
+        ({"image_size": (64, 200), "tile_stride": (64, 32)}, r"tile_stride=\[64, 32\]: .* image_size width 192 or 224"),
+        # One tile along the height: its stride is still checked (it used to fail after an epoch, or divide by 0).
+        ({"image_size": (64, 192), "tile_stride": (0, 64)}, r"height stride 0 must be in \[1, 64\]"),
+        ({"image_size": (64, 192), "tile_stride": (100, 64)}, r"height stride 100 must be in \[1, 64\]"),
+        ({"image_size": "auto", "tile_stride": (0, 64)}, r"height stride 0 must be in \[1, 64\]"),
+        ({"image_size": (64, 192), "train_tiles": 2.5}, r"train_tiles=2.5: must be a whole number"),
+        ({"image_size": (64, 192), "train_tiles": 1_000_000}, r"train_tiles=1000000: must be in \[1, 256\]"),
         ({"image_size": (64, 192), "tile_stride": (64, 80)}, r"width stride 80 must be in \[1, 64\]"),
         ({"image_size": (32, 192)}, r"image_size=\[32, 192\]: is smaller than the tile input_size=\[64, 64\]"),
-        ({"image_size": (64, 192), "train_tiles": 0}, r"train_tiles=0: must be at least 1"),
+        ({"image_size": (64, 192), "train_tiles": 0}, r"train_tiles=0: must be in \[1, 256\]"),
         ({"train_tiles": 2}, r"train_tiles=2: needs tiling"),
-        ({"image_size": (72, 128)}, r"height 64 at stride 64 do not cover the image height 72"),
+        ({"image_size": (72, 128)}, r"image_size=\[72, 128\]: the height 72 is not covered .* height of 64 or 128"),
     ],
 )
 def test_tilings_that_do_not_fit_are_refused_with_working_values(arguments: dict, message: str) -> None:
