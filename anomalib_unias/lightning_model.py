@@ -47,7 +47,7 @@ from .export import INT8_VARIANTS, Int8Variant, quantize_int8
 from .fusion_selection import restore_fusion
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
-from .resolution import auto_tiling, image_sizes, resolution_advice, typical_size
+from .resolution import auto_tiling, distorted_images, image_sizes, resolution_advice, typical_size
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
 from .validation import check_normalization, check_tiling
@@ -307,6 +307,8 @@ class UniAS(AnomalibModule):
                 datamodule.setup(stage)
         elif advice := resolution_advice(sizes, self.model.image_size, self.model.input_size):
             logger.warning(advice)
+        if sizes and (distorted := distorted_images(paths, sizes, self.model.image_size)):
+            logger.warning("UniAS: %s", distorted)
 
     def _resolve_auto_image_size(self, sizes: list[tuple[int, int]]) -> bool:
         """Set the working resolution from the data (``image_size="auto"``) in the model, pre-processor and hparams.
@@ -326,9 +328,12 @@ class UniAS(AnomalibModule):
         height, width = typical_size(sizes)
         self.hparams["image_size"], self.hparams["train_tiles"] = list(resolved), train_tiles
         if resolved == self.model.input_size:
+            shrink = max(height / resolved[0], width / resolved[1])
+            aspect = max((width / height) / (resolved[1] / resolved[0]), (height / width) / (resolved[0] / resolved[1]))
             logger.info(
-                "UniAS image_size 'auto': the images are typically %d x %d; resizing them to input_size %s keeps "
-                "the detail, so no tiling.", height, width, list(resolved),
+                "UniAS image_size 'auto': the images are typically %d x %d; resizing them to input_size %s (at most "
+                "%.1fx smaller per axis, aspect ratio changed %.2fx) keeps the detail, so no tiling.",
+                height, width, list(resolved), shrink, aspect,
             )  # fmt: skip
             return False
         self.model.use_image_size(resolved, tile_stride=stride, train_tiles=train_tiles)

@@ -12,6 +12,7 @@ settings that keep the detail (a larger ``image_size`` with tiling at the same `
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -53,8 +54,38 @@ def _round_to_tiles(edge: float, tile: int, stride: int | None = None) -> int:
 
 
 def typical_size(sizes: Sequence[tuple[int, int]]) -> tuple[float, float]:
-    """Median height and median width of ``sizes``."""
-    return statistics.median(h for h, _ in sizes), statistics.median(w for _, w in sizes)
+    """The size of the data's typical image: its median area at its median aspect ratio.
+
+    Taken from the images' shapes, not from independent medians of heights and widths, which give a
+    shape no image has when the data mixes shapes (small square tiles and long strips, portrait and
+    landscape).  Images far from this shape are named by :func:`distorted_images`.
+    """
+    area = statistics.median(h * w for h, w in sizes)
+    aspect = math.exp(statistics.median(math.log(w / h) for h, w in sizes))
+    return math.sqrt(area / aspect), math.sqrt(area * aspect)
+
+
+def distorted_images(
+    paths: Sequence[str | Path], sizes: Sequence[tuple[int, int]], image_size: Sequence[int]
+) -> str | None:
+    """A warning naming the images whose aspect ratio the resize to ``image_size`` distorts too much.
+
+    Too much: a change by more than :data:`MAX_ASPECT_CHANGE` either way (stretched or squashed).  ``None`` if
+    no image is.
+    """
+    target = image_size[1] / image_size[0]
+    changes = [max((w / h) / target, target / (w / h)) for h, w in sizes]
+    distorted = [i for i, change in enumerate(changes) if change > MAX_ASPECT_CHANGE]
+    if not distorted:
+        return None
+    worst = sorted(distorted, key=lambda i: -changes[i])[:3]
+    examples = ", ".join(f"{paths[i]} ({sizes[i][0]} x {sizes[i][1]}, {changes[i]:.1f}x)" for i in worst)
+    return (
+        f"{len(distorted)} of {len(sizes)} images have an aspect ratio more than {MAX_ASPECT_CHANGE:g}x away from "
+        f"the working size {image_size[0]} x {image_size[1]}: the resize stretches or squashes them (worst: "
+        f"{examples}), so their defects change shape. Keep images of one shape in a data set (one model per shape), "
+        "or rotate the others to it."
+    )
 
 
 def resize_loss(sizes: Sequence[tuple[int, int]], image_size: Sequence[int]) -> tuple[float, float, float] | None:
@@ -78,8 +109,9 @@ def tile_grid_size(
 ) -> tuple[int, int]:
     """:data:`AUTO_SCALE` of the images' typical size on the tile grid (what ``image_size="auto"`` tiles).
 
-    The median height and width times :data:`AUTO_SCALE` (scaled down further, aspect kept, to at most
-    :data:`AUTO_MAX_PIXELS`), each rounded to the nearest size that ``input_size`` tiles at ``tile_stride``
+    The typical size (:func:`typical_size`) times :data:`AUTO_SCALE`, or enlarged to one tile on its shorter
+    side where that is smaller (scaled down further, aspect kept, to at most :data:`AUTO_MAX_PIXELS`), each
+    rounded to the nearest size that ``input_size`` tiles at ``tile_stride``
     cover exactly (at least one tile).
 
     Raises:
@@ -89,7 +121,10 @@ def tile_grid_size(
         msg = "UniAS image_size='auto' reads the data's image sizes, but the data module has no images."
         raise ValueError(msg)
     height, width = typical_size(sizes)
-    scale = min(AUTO_SCALE, (AUTO_MAX_PIXELS / (height * width)) ** 0.5)
+    # Half the size, but at least one tile on each axis (small, long images are enlarged, their aspect kept), and
+    # at most AUTO_MAX_PIXELS.
+    scale = max(AUTO_SCALE, input_size[0] / height, input_size[1] / width)
+    scale = min(scale, (AUTO_MAX_PIXELS / (height * width)) ** 0.5)
     stride = tuple(tile_stride) if tile_stride is not None else tuple(input_size)
     return (
         _round_to_tiles(height * scale, input_size[0], stride[0]),
@@ -153,7 +188,7 @@ def resolution_advice(
     suggested = list(tile_grid_size(sizes, input_size))
     tiles = (suggested[0] // tile_h) * (suggested[1] // tile_w)
     return (
-        f"The images are typically {int(height)} x {int(width)} (median of {len(sizes)}); UniAS resizes them to "
+        f"The images are typically {round(height)} x {round(width)} (of {len(sizes)}); UniAS resizes them to "
         f"{work_h} x {work_w}: the height shrinks {shrink_h:.1f}x and the width {shrink_w:.1f}x (aspect ratio "
         f"{width / height:.2f} -> {work_w / work_h:.2f}), so defects a few pixels wide may vanish. To keep the "
         f"detail, set the model's image_size to {suggested} or 'auto' (tiles of input_size {[tile_h, tile_w]}: "

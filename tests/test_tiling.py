@@ -239,16 +239,17 @@ def test_auto_image_size_is_the_data_size_on_the_tile_grid_and_is_stored(tmp_pat
     model = UniAS(**TINY_UNIAS, image_size="auto", train_tiles=2, visualizer=False)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     engine.fit(model=model, datamodule=datamodule)
-    assert model.model.image_size == (64, 128)  # half of 70 x 200 on the 64-px tile grid
+    # 70 x 200 at its own aspect on the 64-px grid: half would make the short side less than a tile, so one tile.
+    assert model.model.image_size == (64, 192)
     assert model.model.train_tiles == 2
-    assert list(model.pre_processor.transform.transforms[0].size) == [64, 128]
+    assert list(model.pre_processor.transform.transforms[0].size) == [64, 192]
     for dataset in (datamodule.train_data, datamodule.test_data):  # anomalib resizes in the datasets too
         transforms = getattr(dataset.augmentations, "transforms", [dataset.augmentations])
-        assert [list(t.size) for t in transforms if hasattr(t, "size")] == [[64, 128]]
+        assert [list(t.size) for t in transforms if hasattr(t, "size")] == [[64, 192]]
     (checkpoint,) = tmp_path.rglob("model.ckpt")
     loaded = UniAS.load_from_checkpoint(checkpoint)
-    assert loaded.model.image_size == (64, 128)
-    assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 128]
+    assert loaded.model.image_size == (64, 192)
+    assert list(loaded.pre_processor.transform.transforms[0].size) == [64, 192]
 
 
 def test_auto_image_size_keeps_the_plain_resize_where_it_loses_no_detail(tmp_path, strips) -> None:
@@ -265,6 +266,8 @@ def test_auto_image_size_keeps_the_plain_resize_where_it_loses_no_detail(tmp_pat
     assert auto_image_size([(1130, 460)] * 3, (128, 128)) == (512, 256)
     assert auto_image_size([(256, 4096)] * 3, (128, 128)) == (128, 2048)
     assert auto_image_size([(4000, 6000)] * 3, (128, 128)) == (1024, 1536)
+    # Small, long images keep their aspect (one tile on the short side), never a square that says it keeps the detail.
+    assert auto_image_size([(40, 160)] * 3, (64, 64)) == (64, 256)
     # In a model: 70 x 200 strips cut to 70 x 100 (shrink 1.1x / 1.6x at 64 x 64) train untiled, the
     # train_tiles setting is dropped with the tiling, and the checkpoint rebuilds the untiled model.
     root = tmp_path / "halves"
@@ -305,3 +308,20 @@ def test_a_tiled_model_refuses_images_of_another_size() -> None:
     model = _tiled(image_size=(64, 128)).float()
     with pytest.raises(ValueError, match=r"tiles images of \[64, 128\] .* got \[64, 120\]: resize the images first"):
         model.model(torch.rand(1, 3, 64, 120))
+
+
+def test_auto_reads_the_images_shapes_and_names_those_the_resize_distorts() -> None:
+    from anomalib_unias.resolution import distorted_images, typical_size
+
+    # MTD-like tiles with a few fabric strips: the typical image is a tile, not a 324 x 4096 chimera of medians.
+    sizes = [(324, 270)] * 5 + [(256, 4096)] * 4
+    assert typical_size(sizes) == pytest.approx((324, 270))
+    paths = [f"tile{i}.png" for i in range(5)] + [f"strip{i}.png" for i in range(4)]
+    warning = distorted_images(paths, sizes, (128, 128))
+    assert warning.startswith("4 of 9 images have an aspect ratio more than 2x away from the working size 128 x 128")
+    assert "strip0.png (256 x 4096, 16.0x)" in warning
+    assert "tile" not in warning.split("worst:")[1]
+    # Half portrait, half landscape: any one working size distorts one half, and the warning says so.
+    mixed = [(256, 4096), (4096, 256)] * 3
+    assert "3 of 6 images" in distorted_images([f"{i}.png" for i in range(6)], mixed, (128, 2048))
+    assert distorted_images(["a.png"], [(265, 375)], (128, 128)) is None
