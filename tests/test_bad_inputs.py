@@ -199,7 +199,32 @@ def test_a_category_without_defects_is_not_applicable_not_zero() -> None:
     )
     assert "| mixed |" in table
     assert "| mixed | 50.00 | n/a |" in table_with_gap
-    assert NOT_COMPUTABLE_NOTE in table_with_gap
+    assert NOT_COMPUTABLE_NOTE.format(categories="good_only, mixed") in table_with_gap
+
+
+def test_a_category_without_defect_images_keeps_its_row_in_a_real_run(tmp_path: Path, demo_root: Path, caplog) -> None:
+    """Two categories, one with good test images only: its row shows n/a and the note names it (not just the mean)."""
+    import shutil
+
+    root = tmp_path / "two"
+    for category in ("brick", "grass"):
+        shutil.copytree(demo_root / category, root / category)
+    for folder in [*(root / "grass" / "test").iterdir(), root / "grass" / "ground_truth"]:
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    datamodule = UnifiedFolder(root=root, train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine = Engine(
+        max_epochs=1, limit_train_batches=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False
+    )
+    model = UniAS(**TINY_UNIAS, visualizer=False)
+    engine.fit(model, datamodule=datamodule)
+    with caplog.at_level(logging.INFO, logger="anomalib_unias"):
+        engine.test(model, datamodule=datamodule, verbose=False)
+    (table,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("| category |")]
+    grass = next(line for line in table.splitlines() if line.startswith("| grass |"))
+    assert grass.count("n/a") == 6  # every metric needs a defect: image AUROC, pixel AUROC, pAP, DSC, F1max, AUPRO
+    assert next(line for line in table.splitlines() if line.startswith("| brick |")).count("n/a") == 0
+    assert NOT_COMPUTABLE_NOTE.format(categories="grass") in table
 
 
 # ------------------------------------------------------------------------------------------------ non-finite

@@ -517,7 +517,7 @@ def test_format_category_table():
 | mean | 37.50 | 10.00 |
 
 """
-        + NOT_COMPUTABLE_NOTE
+        + NOT_COMPUTABLE_NOTE.format(categories="bottle")
     )
     assert format_category_table(logged) == expected
     assert format_category_table({"image_AUROC": 1.0}) == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import Metric
@@ -35,11 +36,13 @@ class PerCategoryEvaluator(Evaluator):
         per_metric = [(metric, metric.compute_per_category()) for metric in metrics if isinstance(metric, PerCategory)]
         # A single category's value is its mean already; logging it twice would also give single-category
         # runs other metric names than each other, which anomalib's benchmark cannot collect into one CSV.
+        # Every category seen gets its value, NaN (shown as n/a) where the metric is not defined for it.
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
         values = {
-            f"{metric.base_name}/{category}": value
-            for metric, categories in per_metric
-            if len(categories) > 1
-            for category, value in categories.items()
+            f"{metric.base_name}/{category}": defined.get(category, nan)
+            for metric, defined in per_metric
+            if len(metric.categories) > 1
+            for category in metric.categories
         }
         if not values:
             return

@@ -12,7 +12,7 @@ import torch
 
 NOT_COMPUTABLE_NOTE = (
     "n/a: not computable for that category (its test images hold only one class: no defective image, or no "
-    "defect pixel); each mean is over the categories that have the value."
+    "defect pixel); each mean is over the categories that have the value (left out: {categories})."
 )
 
 
@@ -55,12 +55,13 @@ def format_category_table(
         "| category | " + " | ".join([*columns, *extra]) + " |",
         "|---" * (len(columns) + len(extra) + 1) + "|",
     ]
-    missing = False
+    missing: list[str] = []
     for category in [*categories, "mean"]:
         cells = []
         for values in columns.values():
             value = values.get(category, float("nan"))
-            missing |= math.isnan(value)
+            if math.isnan(value) and category not in missing:
+                missing.append(category)
             cells.append("n/a" if math.isnan(value) else f"{100 * value:.{digits}f}")
         if thresholds:
             pair = thresholds.get("global" if category == "mean" else category)
@@ -69,5 +70,6 @@ def format_category_table(
     if thresholds:
         lines += ["", THRESHOLDS_NOTE]
     if missing:
-        lines += ["", NOT_COMPUTABLE_NOTE]
+        left_out = [category for category in missing if category != "mean"] or ["every category"]
+        lines += ["", NOT_COMPUTABLE_NOTE.format(categories=", ".join(left_out))]
     return "\n".join(lines)
