@@ -19,6 +19,11 @@ they patch (entry-point group ``anomalib_plugin_hook.fixes``, the entry point's 
   ``.../latest/.../last.ckpt`` read the new folder and failed.  ``Engine.export(model,
   ckpt_path=X)`` rebuilt the model from X alone; for UniAS it keeps the given model's ``int8_variant``.
 
+* :func:`fix_image_reading` (the anomalib modules that read image files: ``anomalib.data.utils`` and its
+  ``image`` module, ``anomalib.data.predict`` (``anomalib predict``), the datasets' base, the OpenVINO and Torch
+  inferencers, the visualiser): their ``read_image`` reads 16-bit and float images as training does
+  (:func:`~anomalib_unias.data.reading.read_image_for_anomalib`), instead of turning them white or black.
+
 ``ANOMALIB_PLUGINS_DISABLE=1`` turns the hook, and with it these fixes, off.
 """
 
@@ -185,3 +190,15 @@ def _test_final_model_after_resume(module: ModuleType) -> None:
 
     train.__doc__ = original.__doc__
     engine_class.train = train
+
+
+def fix_image_reading(module: ModuleType) -> None:
+    """Make ``module.read_image`` read images as UniAS's training does (16-bit and float files included).
+
+    The deployment entry points call the ``read_image`` they imported into their own module, so each such
+    module is fixed by name (``pyproject.toml``'s ``anomalib_plugin_hook.fixes``).
+    """
+    from .data.reading import read_image_for_anomalib  # noqa: PLC0415
+
+    if hasattr(module, "read_image"):
+        module.read_image = read_image_for_anomalib

@@ -88,14 +88,48 @@ def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path: Path) -> Non
         assert torch.equal(image[0], image[2])
 
 
+def test_deployment_reads_16_bit_and_float_files_as_training_does(tmp_path: Path) -> None:
+    """``anomalib predict`` (PredictDataset), OpenVINOInferencer and TorchInferencer get the training's model input.
+
+    Each entry point calls the ``read_image`` of its own module; anomalib's turned these files white and black.
+    """
+    from anomalib.data.predict import PredictDataset
+    from anomalib.deploy import OpenVINOInferencer
+    from anomalib.deploy.inferencers import openvino_inferencer, torch_inferencer
+
+    gradient = np.linspace(0.1, 0.9, 12 * 20).reshape(12, 20)
+    Image.fromarray((gradient * 65535).astype(np.uint16)).save(tmp_path / "grey16.png")
+    tifffile.imwrite(tmp_path / "float.tif", gradient.astype(np.float32))
+    for path in (tmp_path / "grey16.png", tmp_path / "float.tif"):
+        training = read_image(path)  # what UnifiedFolder feeds the model
+        assert 0.09 < float(training.min()) < float(training.max()) < 0.91  # neither white nor black
+        inputs = {
+            "anomalib predict": PredictDataset(path)[0].image,
+            "TorchInferencer.predict(path)": torch_inferencer.read_image(path, as_tensor=True),
+            "OpenVINOInferencer.predict(path)": torch.from_numpy(
+                OpenVINOInferencer.pre_process(openvino_inferencer.read_image(path, as_tensor=False))[0]
+            ),
+        }
+        for entry_point, image in inputs.items():
+            assert torch.equal(image.float(), training), f"{entry_point} reads {path.name} differently"
+    nan_image = gradient.astype(np.float32)
+    nan_image[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan_image)
+    for reader in (PredictDataset(tmp_path / "nan.tif").__getitem__, torch_inferencer.read_image):
+        with pytest.raises(UnreadableFileError, match=r"nan.tif: 1 NaN/Inf pixel values"):
+            reader(0) if reader.__name__ == "__getitem__" else reader(tmp_path / "nan.tif")
+
+
 def test_8_bit_images_read_exactly_as_anomalib_reads_them(tmp_path: Path) -> None:
-    from anomalib.data.utils import read_image as anomalib_read_image
+    """anomalib 2.7's own reader, written out (the plugin replaces ``anomalib.data.utils.read_image`` by ours)."""
+    from torchvision.transforms.v2.functional import to_dtype, to_image
 
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "rgb.jpg", quality=80)
     Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "grey.png")
     for name in ("rgb.jpg", "grey.png"):
-        assert torch.equal(read_image(tmp_path / name), anomalib_read_image(tmp_path / name, as_tensor=True))
+        anomalib_image = to_dtype(to_image(Image.open(tmp_path / name).convert("RGB")), torch.float32, scale=True)
+        assert torch.equal(read_image(tmp_path / name), anomalib_image)
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,22 @@ def read_image(path: str | Path) -> ImageTensor:
     return ImageTensor(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
 
 
+def read_image_for_anomalib(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.ndarray:
+    """The ``read_image(path, as_tensor)`` of anomalib, reading as :func:`read_image` (and so as training) does.
+
+    anomalib's own reader (``PIL convert("RGB")``) turns a 16-bit image white and a float TIFF in [0, 1] black;
+    its deployment entry points (``anomalib predict``, ``OpenVINOInferencer`` and ``TorchInferencer`` given a
+    path) read with this function instead once the plugin is installed (:mod:`anomalib_unias.anomalib_fixes`).
+    8-bit images come out as anomalib read them; files without a [0, 1] meaning (NaN pixels, floats outside
+    [0, 1]) are refused naming the file, never blanked.
+
+    Returns:
+        A float ``(3, H, W)`` tensor in [0, 1] (``as_tensor``), else an ``(H, W, 3)`` float64 array in [0, 1].
+    """
+    image = read_image(path)
+    return image if as_tensor else image.permute(1, 2, 0).numpy().astype(np.float64)
+
+
 def read_mask(
     path: str | Path, size: tuple[int, int] | None = None, resize_masks: bool = False
 ) -> tuple[Mask, MaskNote | None]:
