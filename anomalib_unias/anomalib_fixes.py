@@ -41,7 +41,7 @@ from typing import Any
 from lightning.pytorch import seed_everything
 
 from .architecture import Architecture
-from .checkpointing import read_hyper_parameters
+from .checkpointing import FIXED_BY_CHECKPOINT, read_hyper_parameters
 
 
 def fix_cli(module: ModuleType) -> None:
@@ -63,10 +63,7 @@ def fix_cli(module: ModuleType) -> None:
     cli_class.before_instantiate_classes = before_instantiate_classes
 
 
-CHECKPOINT_ARGUMENTS = (
-    "backbone", "input_mean", "input_std", "image_size", "tile_stride", "map_fusion", "map_strides",
-    *Architecture.weight_fields(),
-)  # fmt: skip
+CHECKPOINT_ARGUMENTS = (*FIXED_BY_CHECKPOINT, "map_fusion", "map_strides")
 """The UniAS arguments that shape the state dict or what it is fed, and the map its thresholds were fitted on:
 taken from the checkpoint; the rest stay the command line's."""
 
@@ -116,9 +113,29 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
         OptimizerRecipe(**{field.name: args[field.name] for field in fields(OptimizerRecipe)})
         for check in (check_normalization, check_tiling):
             check(**{key: args[key] for key in inspect.signature(check).parameters})
+        if args.get("thresholds"):
+            _check_thresholds_file(subcommand, args["thresholds"])
     except ValueError as error:
         print(f"anomalib {subcommand}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_thresholds_file(subcommand: str, path: str | Path) -> None:
+    """``--model.thresholds``: refused on train (validation fits the thresholds); read (and so checked) elsewhere.
+
+    Raises:
+        ValueError: naming the argument or the file's problem.
+    """
+    from .thresholds import CategoryThresholds  # noqa: PLC0415
+
+    if subcommand in ("train", "fit"):
+        msg = (
+            f"UniAS argument thresholds={str(path)!r}: a thresholds file labels a trained model (test, predict, "
+            "export); training fits the thresholds on validation. Train without it, then pass it to anomalib "
+            "test/predict/export with --ckpt_path."
+        )
+        raise ValueError(msg)
+    CategoryThresholds.from_json(path)
 
 
 def _is_unias(class_path: str | None) -> bool:

@@ -22,8 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .architecture import Architecture
+
 RNG_STATES_KEY = "rng_states"
 LAST_CHECKPOINT = "last.ckpt"
+FIXED_BY_CHECKPOINT = (
+    "backbone",
+    "input_mean",
+    "input_std",
+    "image_size",
+    "tile_stride",
+    *Architecture.weight_fields(),
+)
+"""UniAS arguments a checkpoint fixes: its weights, its restored pre-processor and its tiling were built for them."""
 
 
 class CheckpointFileError(ValueError):

@@ -40,7 +40,14 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from .architecture import Architecture, MapFusion
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint
-from .checkpointing import RNG_STATES_KEY, check_checkpoint_file, restore_rng_states, rng_states
+from .checkpointing import (
+    FIXED_BY_CHECKPOINT,
+    RNG_STATES_KEY,
+    check_checkpoint_file,
+    read_hyper_parameters,
+    restore_rng_states,
+    rng_states,
+)
 from .components.optimizer import LearningRateSchedule, OptimizerRecipe
 from .errors import UniASArgumentError
 from .export import INT8_VARIANTS, Int8Variant, quantize_int8
@@ -63,6 +70,11 @@ RESOLUTION_SAMPLE = 2000
 """Images per split whose size is read (headers only) for the resolution check."""
 INT8_CALIBRATION_IMAGES = 300
 """Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
+
+
+def _same(value: Any) -> Any:
+    """A setting in one comparable form (tuples and lists alike)."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 class UniAS(AnomalibModule):
@@ -290,6 +302,13 @@ class UniAS(AnomalibModule):
         Reads the image headers of the data module's samples (no decoding); see
         :mod:`anomalib_unias.resolution`.
         """
+        if stage == "fit" and self._attached_thresholds:
+            msg = (
+                "UniAS argument thresholds: a thresholds file labels a trained model (test, predict, export); "
+                "training fits the thresholds on validation and would replace it. Train without it, then attach it "
+                "to the checkpoint (--model.thresholds with anomalib test/predict/export)."
+            )
+            raise UniASArgumentError(msg)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if self._resolution_checked or datamodule is None:
             return
@@ -439,9 +458,19 @@ class UniAS(AnomalibModule):
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> UniAS:  # type: ignore[override]
         """Load a checkpoint without downloading backbone weights: the checkpoint already holds them.
 
-        An empty, truncated or foreign file is refused first with a message that says what to do.
+        An empty, truncated or foreign file is refused first with a message that says what to do, and so is an
+        override of a setting the checkpoint fixes (:data:`FIXED_BY_CHECKPOINT`), which could not take effect.
         """
         check_checkpoint_file(checkpoint_path)
+        stored = read_hyper_parameters(checkpoint_path)
+        for name in FIXED_BY_CHECKPOINT:
+            if name in kwargs and name in stored and _same(kwargs[name]) != _same(stored[name]):
+                msg = (
+                    f"UniAS.load_from_checkpoint: {name}={kwargs[name]!r} cannot override the checkpoint's "
+                    f"{_same(stored[name])!r}: its weights, pre-processor and tiling were built for that value. "
+                    f"Load without {name}, or train a model with it."
+                )
+                raise UniASArgumentError(msg)
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

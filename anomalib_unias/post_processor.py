@@ -139,12 +139,14 @@ class UniASPostProcessor(PostProcessor):
 
     # ------------------------------------------------------------------------------------- the file
     def thresholds(self) -> CategoryThresholds:
-        """The global thresholds the normalisation uses and the per-category ones (raw scores)."""
+        """The global thresholds (those the normalisation and an export's graph use) and the per-category ones."""
         image = effective_threshold(self.image_threshold, self.image_min, self.image_max)
         pixel = effective_threshold(self.pixel_threshold, self.pixel_min, self.pixel_max)
+        global_thresholds = Thresholds(image=float(image), pixel=float(pixel))
         return CategoryThresholds(
-            global_thresholds=Thresholds(image=float(image), pixel=float(pixel)),
+            global_thresholds=global_thresholds,
             categories={name: Thresholds(*values) for name, values in self.category_thresholds.items()},
+            graph_thresholds=global_thresholds,
         )
 
     def use_thresholds(self, thresholds: CategoryThresholds) -> None:

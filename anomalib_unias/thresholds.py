@@ -8,14 +8,18 @@ the global ones.  They are stored in the checkpoint and, by ``export``, in ``thr
 exported model; :class:`CategoryThresholds` reads, edits and writes that file.
 
 The exported graph itself is unchanged (anomalib's inferencers keep working: the global behaviour).  Its
-outputs are normalised with the global thresholds by the strictly increasing map ``s / (s + t)``, so
-the per-category result follows from them exactly, without the raw score:
+outputs are normalised with the thresholds it was exported with (the file's ``graph`` entry, which only
+export writes) by the strictly increasing map ``s / (s + t)``, so the result for any other threshold follows
+from them exactly, without the raw score:
 
 * label: ``s > t_c``  <=>  ``n > t_c / (t_c + t)``;
 * per-category normalised score / map: ``s / (s + t_c) = 1 / (1 + (t_c / t) (1 / n - 1))``.
 
 :meth:`CategoryThresholds.apply` does this for a prediction of any runtime (eager, Torch export,
-OpenVINO, ONNX); an unknown category falls back to the global thresholds with a warning.
+OpenVINO, ONNX); an unknown category falls back to the ``global`` thresholds with a warning.  A file has one
+meaning everywhere: ``global`` and ``categories`` are the thresholds images are labelled with (editable; eager
+PyTorch with ``UniAS(thresholds=...)`` and :class:`CategoryInferencer` over any export label alike), ``graph``
+records what the exported graph normalises with (not to be edited).
 """
 
 from __future__ import annotations
@@ -43,17 +47,24 @@ class Thresholds:
     pixel: float
 
 
+FILE_KEYS = ("about", "graph", "global", "categories")
+"""The top-level entries of a thresholds file."""
+
+
 @dataclass
 class CategoryThresholds:
-    """The global thresholds (those of the exported graph) and one pair per category.
+    """The thresholds images are labelled with: global ones and one pair per category.
 
     Args:
-        global_thresholds: The thresholds the exported graph normalises with (anomalib's, all categories).
+        global_thresholds: For images of a category without its own (and for ``category=None``).
         categories: Per-category thresholds; a category missing here uses the global ones.
+        graph_thresholds: What an exported graph normalises its outputs with (written by export); ``None`` =
+            ``global_thresholds`` (a graph exported with these).
     """
 
     global_thresholds: Thresholds
     categories: dict[str, Thresholds] = field(default_factory=dict)
+    graph_thresholds: Thresholds | None = None
 
     def for_category(self, category: str | None) -> Thresholds:
         """The thresholds of ``category``; the global ones (with a warning) for an unknown category."""
@@ -69,21 +80,22 @@ class CategoryThresholds:
         return self.categories[category]
 
     def apply(self, prediction: Any, category: str | None) -> dict[str, np.ndarray]:
-        """Per-category score, label, map and mask from a prediction normalised with the global thresholds.
+        """Per-category score, label, map and mask from a prediction normalised by the exported graph.
 
         Args:
             prediction: Anything with ``pred_score`` and ``anomaly_map`` as returned by the exported model
                 (anomalib's ``OpenVINOInferencer`` / ``TorchInferencer`` results, ``InferenceBatch``, or a
-                dict), normalised by ``s / (s + t)`` with :attr:`global_thresholds`.
-            category: The image's category (e.g. ``"fabric02"``); ``None`` = the global result.
+                dict), normalised by ``s / (s + t)`` with :attr:`graph_thresholds`.
+            category: The image's category (e.g. ``"fabric02"``); ``None`` = the global thresholds.
 
         Returns:
             ``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask`` as numpy arrays.
         """
         get = prediction.get if isinstance(prediction, dict) else lambda name: getattr(prediction, name)
+        graph = self.graph_thresholds or self.global_thresholds
         chosen = self.for_category(category)
-        score = renormalise(_numpy(get("pred_score")), self.global_thresholds.image, chosen.image)
-        anomaly_map = renormalise(_numpy(get("anomaly_map")), self.global_thresholds.pixel, chosen.pixel)
+        score = renormalise(_numpy(get("pred_score")), graph.image, chosen.image)
+        anomaly_map = renormalise(_numpy(get("anomaly_map")), graph.pixel, chosen.pixel)
         return {
             "pred_score": score,
             "pred_label": score > 0.5,
@@ -97,9 +109,11 @@ class CategoryThresholds:
         content = {
             "about": (
                 "UniAS raw-score thresholds: an image (pixel) is anomalous when its raw score exceeds 'image' "
-                "('pixel'). 'global' is what the exported graph normalises with; edit 'categories' and re-attach "
-                "(UniAS(thresholds=...), or CategoryThresholds.from_json) without retraining."
+                "('pixel'). 'categories' label each category's images, 'global' those of other categories; edit "
+                "them and re-attach (UniAS(thresholds=...), or CategoryInferencer) without retraining. 'graph' is "
+                "what the exported graph normalises with: do not edit it."
             ),
+            "graph": asdict(self.graph_thresholds or self.global_thresholds),
             "global": asdict(self.global_thresholds),
             "categories": {name: asdict(values) for name, values in sorted(self.categories.items())},
         }
@@ -111,30 +125,47 @@ class CategoryThresholds:
         """Read a thresholds file written by :meth:`to_json` (and possibly edited).
 
         Raises:
-            ValueError: naming the file and the entry that is not a pair of positive finite thresholds.
+            ValueError: naming the file and the entry that is not a pair of positive finite numbers, or an
+                entry the file format does not have.
         """
         path = Path(path)
         try:
             content = json.loads(path.read_text())
-            entries = {"global": content["global"], **content.get("categories", {})}
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError) as error:
             msg = f"Cannot read thresholds file {path}: {error}. Write it with CategoryThresholds.to_json."
             raise ValueError(msg) from None
-        parsed = {}
-        for name, values in entries.items():
-            try:
-                thresholds = Thresholds(image=float(values["image"]), pixel=float(values["pixel"]))
-            except (KeyError, TypeError, ValueError):
-                thresholds = None
-            if thresholds is None or not all(math.isfinite(v) and v > 0 for v in asdict(thresholds).values()):
-                msg = (
-                    f"Thresholds file {path}: entry {name!r} must be {{'image': t, 'pixel': t}} with finite "
-                    f"thresholds > 0, got {values!r}."
-                )
-                raise ValueError(msg)
-            parsed[name] = thresholds
-        global_thresholds = parsed.pop("global")
-        return cls(global_thresholds=global_thresholds, categories=parsed)
+        if not isinstance(content, dict) or "global" not in content or set(content) - set(FILE_KEYS):
+            unknown = sorted(set(content) - set(FILE_KEYS)) if isinstance(content, dict) else content
+            msg = (
+                f"Thresholds file {path}: expected the entries {list(FILE_KEYS)} ('global' required), got unknown "
+                f"{unknown!r}. Write it with CategoryThresholds.to_json."
+            )
+            raise ValueError(msg)
+        categories = content.get("categories", {})
+        if not isinstance(categories, dict):
+            msg = f"Thresholds file {path}: 'categories' must map category names to thresholds, got {categories!r}."
+            raise ValueError(msg)
+        return cls(
+            global_thresholds=_parse_entry(path, "global", content["global"]),
+            categories={name: _parse_entry(path, f"categories/{name}", v) for name, v in categories.items()},
+            graph_thresholds=_parse_entry(path, "graph", content["graph"]) if "graph" in content else None,
+        )
+
+
+def _parse_entry(path: Path, name: str, values: Any) -> Thresholds:
+    """``{"image": t, "pixel": t}`` with finite numbers > 0 (not booleans, no other keys), else a refusal."""
+    numbers = (
+        isinstance(values, dict)
+        and set(values) == {"image", "pixel"}
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
+    )
+    if not numbers or not all(math.isfinite(v) and v > 0 for v in values.values()):
+        msg = (
+            f"Thresholds file {path}: entry {name!r} must be {{'image': t, 'pixel': t}} with finite numbers > 0 "
+            f"and no other keys, got {values!r}."
+        )
+        raise ValueError(msg)
+    return Thresholds(image=float(values["image"]), pixel=float(values["pixel"]))
 
 
 def renormalise(normalised: np.ndarray, threshold: float, new_threshold: float) -> np.ndarray:

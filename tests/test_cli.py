@@ -67,3 +67,28 @@ def test_a_bad_argument_is_the_first_thing_the_cli_user_reads(tmp_path: Path) ->
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("anomalib train: error: UniAS argument pixel_dim=48: must be a positive multiple of 32")
     assert not (tmp_path / "demo").exists()  # refused before the data set was generated
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "file_exists", "starts"),
+    [
+        ("train", True, "UniAS argument thresholds="),  # it would be replaced by the fitted ones: refused, not ignored
+        ("test", False, "Cannot read thresholds file"),  # a missing file: one line, not a 196-line parser error
+    ],
+)
+def test_a_thresholds_file_the_command_cannot_use_is_refused_in_one_line(
+    tmp_path: Path, subcommand: str, file_exists: bool, starts: str
+) -> None:
+    thresholds = tmp_path / "thresholds.json"
+    if file_exists:
+        thresholds.write_text('{"global": {"image": 1.0, "pixel": 1.0}, "categories": {}}')
+    result = run_process(
+        ["anomalib", subcommand, "--model", "UniAS", "--model.backbone", "tf_efficientnet_lite0",
+         "--model.thresholds", str(thresholds), "--data", "UniASDemo", "--data.root", str(tmp_path / "demo")],
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"anomalib {subcommand}: error: {starts}")
+    assert not (tmp_path / "demo").exists()

@@ -17,6 +17,7 @@ from lightning.pytorch import seed_everything
 
 from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
+from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.post_processor import UniASPostProcessor
 from anomalib_unias.thresholds import THRESHOLDS_FILE, CategoryInferencer, CategoryThresholds, Thresholds
 
@@ -103,11 +104,47 @@ def test_the_file_round_trips_and_editing_it_changes_the_labels_and_nothing_else
     assert np.all(np.argsort(after["pred_score"]) == np.argsort(before["pred_score"]))
 
 
-def test_a_broken_thresholds_file_is_refused_naming_the_entry(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ({"global": {"image": 1, "pixel": 1}, "categories": {"grass": {"image": -1}}}, r"entry 'categories/grass'"),
+        ({"global": {"image": True, "pixel": 1}}, r"entry 'global' must be .* numbers > 0"),  # true is not 1.0
+        ({"global": {"image": 1, "pixel": 1, "pxiel": 2}}, r"entry 'global' .* no other keys"),
+        ({"global": {"image": 1, "pixel": 1}, "categoires": {}}, r"got unknown \['categoires'\]"),
+        (
+            {"global": {"image": 1, "pixel": 1}, "categories": {"grass": {"image": "0.5", "pixel": 1}}},
+            r"'categories/grass'",
+        ),
+    ],
+)
+def test_a_broken_thresholds_file_is_refused_naming_the_entry(tmp_path: Path, content: dict, named: str) -> None:
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"global": {"image": 1, "pixel": 1}, "categories": {"grass": {"image": -1}}}))
-    with pytest.raises(ValueError, match=r"entry 'grass' must be"):
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=named):
         CategoryThresholds.from_json(path)
+
+
+def test_a_category_named_global_stays_a_category(tmp_path: Path) -> None:
+    thresholds = CategoryThresholds(Thresholds(0.5, 0.5), {"global": Thresholds(0.1, 0.1), "grass": Thresholds(1, 1)})
+    read = CategoryThresholds.from_json(thresholds.to_json(tmp_path / "t.json"))
+    assert read.global_thresholds == Thresholds(0.5, 0.5)
+    assert read.categories["global"] == Thresholds(0.1, 0.1)
+
+
+def test_editing_the_global_entry_labels_graph_outputs_as_eager_would(tmp_path: Path) -> None:
+    """The graph keeps normalising with its own thresholds ('graph'); 'global' labels images of other categories."""
+    graph = Thresholds(0.3, 0.3)
+    raw = np.array([0.05, 0.2, 0.4, 0.9])
+    outputs = {"pred_score": raw / (raw + graph.image), "anomaly_map": raw / (raw + graph.pixel)}
+    path = CategoryThresholds(graph, {"grass": Thresholds(0.1, 0.1)}, graph_thresholds=graph).to_json(tmp_path / "t")
+    content = json.loads(path.read_text())
+    content["global"] = {"image": 0.5, "pixel": 0.5}  # a user raises the global thresholds
+    path.write_text(json.dumps(content))
+    edited = CategoryThresholds.from_json(path)
+    assert edited.graph_thresholds == graph
+    for category, threshold in ((None, 0.5), ("unknown", 0.5), ("grass", 0.1)):
+        assert edited.apply(outputs, category)["pred_label"].tolist() == (raw > threshold).tolist()
+        assert edited.apply(outputs, category)["pred_score"] == pytest.approx(raw / (raw + threshold))
 
 
 def test_renormalising_the_graph_output_equals_normalising_the_raw_score() -> None:
@@ -183,3 +220,21 @@ def test_an_attached_thresholds_file_relabels_a_checkpoint_without_retraining(tr
     assert loaded.post_processor.thresholds() == edited
     untouched = UniAS.load_from_checkpoint(checkpoint)
     assert untouched.post_processor.thresholds() == model.post_processor.thresholds()
+
+
+def test_a_thresholds_file_is_refused_for_training_not_ignored(tmp_path: Path, demo_root: Path) -> None:
+    path = CategoryThresholds(Thresholds(1.0, 1.0)).to_json(tmp_path / THRESHOLDS_FILE)
+    model = UniAS(**TINY_UNIAS, thresholds=path, visualizer=False)
+    datamodule = UniASDemo(root=demo_root, train_batch_size=4, eval_batch_size=8, num_workers=0)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(UniASArgumentError, match=r"UniAS argument thresholds: a thresholds file labels a trained"):
+        engine.fit(model=model, datamodule=datamodule)
+    assert engine.trainer.global_step == 0
+
+
+def test_a_setting_the_checkpoint_fixes_cannot_be_overridden_on_load(trained) -> None:
+    _, _, work = trained
+    (checkpoint,) = work.rglob("model.ckpt")
+    with pytest.raises(UniASArgumentError, match=r"image_size=\(64, 128\) cannot override the checkpoint's"):
+        UniAS.load_from_checkpoint(checkpoint, image_size=(64, 128))
+    assert UniAS.load_from_checkpoint(checkpoint, input_size=(64, 64)).model.input_size == (64, 64)  # the same
