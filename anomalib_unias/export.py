@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 INT8_VARIANTS = {
     "map-fp32": "cosine distances, map fusion and normalisation kept in FP32",
+    "backbone-fp32": "the frozen backbone and the feature preparation kept in FP32 too (the head INT8)",
     "matmul-fp32": "attention and FFN matrix products kept in FP32 (convolutions INT8)",
     "anomalib": "NNCF defaults, as anomalib's INT8_PTQ",
 }
@@ -69,6 +70,42 @@ def anomaly_map_ops(model: ov.Model) -> list[str]:
     return sorted(names)
 
 
+HEAD_INPUT_WEIGHTS = ("model.head.pixel_decoder.input_proj.", "model.head.pixel_decoder.laterals.")
+"""Names (prefixes) of the weights of the head's first convolutions, which read the prepared backbone features."""
+
+
+def backbone_ops(model: ov.Model) -> list[str]:
+    """Friendly names of the ops that compute the head's inputs and the reconstruction targets.
+
+    That is everything upstream of the head's first convolutions (the pixel decoder's input projections, found by
+    their weights' names, :data:`HEAD_INPUT_WEIGHTS`): the pre-processing, the frozen backbone and the feature
+    preparation (the targets are its blurred taps).
+
+    Raises:
+        ValueError: no such convolution in the graph (not a UniAS export).
+    """
+    ops = model.get_ordered_ops()
+    seeds = [
+        op
+        for op in ops
+        for value in op.inputs()
+        if value.get_source_output().get_node().get_type_name() == "Constant"
+        and value.get_source_output().get_node().get_friendly_name().startswith(HEAD_INPUT_WEIGHTS)
+    ]
+    if not seeds:
+        msg = "No pixel-decoder input convolution found in the graph; is this a UniAS export?"
+        raise ValueError(msg)
+    names: set[str] = set()
+    stack = [value.get_source_output().get_node() for op in seeds for value in op.inputs()]
+    while stack:
+        op = stack.pop()
+        if op.get_friendly_name() in names or op.get_type_name() in ("Constant", "Parameter"):
+            continue
+        names.add(op.get_friendly_name())
+        stack += [value.get_source_output().get_node() for value in op.inputs()]
+    return sorted(names)
+
+
 def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = "anomalib") -> ov.Model:
     """INT8 post-training quantisation of an OpenVINO UniAS model with NNCF.
 
@@ -89,6 +126,9 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = 
     kwargs: dict[str, Any] = {}
     if variant == "map-fp32":
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=anomaly_map_ops(model), validate=False)
+    elif variant == "backbone-fp32":
+        ignored = anomaly_map_ops(model) + backbone_ops(model)
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
     elif variant == "matmul-fp32":
         kwargs["ignored_scope"] = nncf.IgnoredScope(types=["MatMul", "ScaledDotProductAttention"], validate=False)
     return nncf.quantize(model.clone(), nncf.Dataset(list(images)), subset_size=len(images), **kwargs)

@@ -441,8 +441,18 @@ class UniAS(AnomalibModule):
         return self._write_thresholds(super().to_onnx(export_root, model_file_name, input_size, **kwargs))
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
-        """Anomalib's Torch export, with ``thresholds.json`` beside the model."""
-        return self._write_thresholds(super().to_torch(export_root, model_file_name))
+        """Anomalib's Torch export, with ``thresholds.json`` beside the model.
+
+        The model is written under a temporary name and renamed when complete: an export that fails (e.g. on an
+        object that cannot be pickled) leaves no partial ``.pt`` behind, and an earlier export stays intact.
+        """
+        partial = f"{model_file_name}.partial"
+        try:
+            written = super().to_torch(export_root, partial)
+        except BaseException:
+            (Path(export_root) / "weights" / "torch" / f"{partial}.pt").unlink(missing_ok=True)  # anomalib's layout
+            raise
+        return self._write_thresholds(written.replace(written.with_name(f"{model_file_name}.pt")))
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's OpenVINO export, with ``thresholds.json`` beside the model."""

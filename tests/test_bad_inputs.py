@@ -328,3 +328,14 @@ def test_corrupt_weights_file_never_suggests_unsafe_loading(tmp_path: Path) -> N
         create_backbone("tf_efficientnet_lite0", weights=corrupt)
     assert "truncated" in str(error.value)
     assert "weights_only" not in str(error.value)
+
+
+def test_a_failed_torch_export_leaves_no_partial_file_and_keeps_the_earlier_one(tmp_path: Path) -> None:
+    model = UniAS(**TINY_UNIAS, pre_trained=False)
+    first = model.to_torch(tmp_path)
+    size = first.stat().st_size
+    model.unpicklable = lambda: None  # an attribute pickle cannot write (as objects left by other exports were)
+    with pytest.raises((AttributeError, TypeError), match="pickle"):
+        model.to_torch(tmp_path)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["model.pt", "thresholds.json"]
+    assert first.stat().st_size == size
