@@ -12,11 +12,14 @@ runtime on every test image at its original size, one image at a time:
 * ``pytorch``: ``AnomalibModule.forward`` in eager mode, the same pipeline as the exported graph and
   as ``anomalib test`` (UniAS's pre-processor resizes without antialiasing, like the export);
 * ``openvino fp32`` / ``fp16`` / ``int8`` (and other INT8 variants): the compiled OpenVINO models;
+* each OpenVINO model twice: pinned to FP32 execution (``INFERENCE_PRECISION_HINT=f32``) and on the runtime's
+  default (what ``OpenVINOInferencer(path)`` gives: bfloat16 on CPUs with bfloat16 units); the runtime column
+  names the hint and what the plugin ran in;
 * any model given with ``--openvino-model NAME=XML`` (e.g. what ``anomalib export --compression_type
   INT8_PTQ`` wrote), evaluated the same way.
 
-OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bfloat16 units it would otherwise run
-the FP32 parts of every model in bfloat16 by default, which is a different precision than the one named.
+On CPUs with bfloat16 units OpenVINO runs the FP32 parts of every model in bfloat16 by default, a different
+precision than the one named: both are measured (``--precision-hints``).
 
 Ground-truth masks are resized to the model size with nearest neighbour (the pre-processor's
 transform, as in ``anomalib test``).  Metrics per category, macro mean over categories (the paper's
@@ -38,6 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -75,15 +79,22 @@ def pytorch_predictors(model: UniAS) -> dict[str, Predictor]:
     return {REFERENCE_RUNTIME: deployed}
 
 
-def openvino_predictor(path: Path, threads: int) -> Predictor:
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+def openvino_predictor(path: Path, threads: int, hint: str) -> tuple[Predictor, str]:
+    """A compiled OpenVINO model; ``hint`` ``"f32"`` pins FP32 execution, ``"default"`` leaves the CPU plugin's own.
+
+    Returns the predictor and the precision the plugin runs in (``f32``, or ``bf16`` by default on CPUs with
+    bfloat16 units).
+    """
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
+    if hint != "default":
+        config["INFERENCE_PRECISION_HINT"] = hint
     compiled = ov.Core().compile_model(path, "CPU", config)
 
     def predict(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = compiled(image.numpy())
         return torch.from_numpy(out["anomaly_map"]), torch.from_numpy(out["pred_label"])
 
-    return predict
+    return predict, compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
 
 def evaluate(predict: Predictor, dataset: object, indices: list[int], masks: list[torch.Tensor]) -> dict:
@@ -132,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--int8-variants", nargs="+", default=["anomalib", "map-fp32"], choices=list(INT8_VARIANTS))
     parser.add_argument("--limit", type=int, default=None, help="only this many test images, evenly spaced")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--precision-hints", nargs="+", default=["f32", "default"], choices=["f32", "default"],
+        help="OpenVINO INFERENCE_PRECISION_HINT per model: f32, and/or the CPU plugin's default (bf16 where it can)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--openvino-model", action="append", default=[], metavar="NAME=XML",
@@ -160,8 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         paths, seconds = export_openvino_precisions(model, tmp, calibration, int8_variants=args.int8_variants)
         steps = ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
         print(f"exported in {time.perf_counter() - start:.0f} s: {steps}")
-        predictors |= {f"openvino {name}": openvino_predictor(path, args.threads) for name, path in paths.items()}
-        predictors |= {name: openvino_predictor(Path(xml), args.threads) for name, xml in extra_models.items()}
+        models = {f"openvino {name}": path for name, path in paths.items()} | {
+            name: Path(xml) for name, xml in extra_models.items()
+        }
+        for name, path in models.items():
+            for hint in args.precision_hints:
+                predict, runs_in = openvino_predictor(path, args.threads, hint)
+                predictors[f"{name} [{hint}: {runs_in}]"] = predict
         results = {}
         for name, predict in predictors.items():
             results[name] = evaluate(predict, test, test_indices, masks)
