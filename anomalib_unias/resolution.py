@@ -83,8 +83,8 @@ def distorted_images(
     return (
         f"{len(distorted)} of {len(sizes)} images have an aspect ratio more than {MAX_ASPECT_CHANGE:g}x away from "
         f"the working size {image_size[0]} x {image_size[1]}: the resize stretches or squashes them (worst: "
-        f"{examples}), so their defects change shape. Keep images of one shape in a data set (one model per shape), "
-        "or rotate the others to it."
+        f"{examples}), so their defects change shape too. Where that matters, give images of one shape a data set "
+        "(and a model) of their own, or rotate them to the others' shape."
     )
 
 

@@ -220,11 +220,7 @@ def markdown_report(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} usable cores.  Threads: {args.threads}.  "
         f"Images {args.image_size[0]} x {args.image_size[1]}"
-        + (
-            f", tiled into {args.size} x {args.size} tiles"
-            if tuple(args.image_size) != (args.size, args.size)
-            else ""
-        )
+        + (f", tiled into {args.size} x {args.size} tiles" if tuple(args.image_size) != (args.size, args.size) else "")
         + f"; random weights.  Reference code: {REFERENCE['machine']}, "
         "tf_efficientnet_b4 at 224, PyTorch (a different CPU: compare with care).",
         "",

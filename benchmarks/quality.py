@@ -527,9 +527,7 @@ def write_report(output: Path, names: Sequence[str]) -> str:
     columns = ["model", "pAP", "DSC", "F1max-Dice", "image AUROC", "pixel AUROC", "AUPRO"]
     columns += ["training (s)", "test (s)", "peak RSS (GB)"]
     run = next(iter(jobs.values()))["summary"].get("run")
-    lines = (
-        [f"Command: `{run['command']}`; {run['date']}, commit {run['commit']}, {run['cpu']}.", ""] if run else []
-    )
+    lines = [f"Command: `{run['command']}`; {run['date']}, commit {run['commit']}, {run['cpu']}.", ""] if run else []
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, job in jobs.items():
         summary = job["summary"]
@@ -699,9 +697,7 @@ def plot_panel(output: Path, names: Sequence[str]) -> None:
     crops = [defect_window(mask) for mask in data[names[0]]["masks"]]
     aspect = max((window[1].stop - window[1].start) / (window[0].stop - window[0].start) for window in crops)
     cell = (2.1 * min(aspect, 3.0), 2.1)
-    figure, axes = plt.subplots(
-        len(paths), columns, figsize=(cell[0] * columns, cell[1] * len(paths)), squeeze=False
-    )
+    figure, axes = plt.subplots(len(paths), columns, figsize=(cell[0] * columns, cell[1] * len(paths)), squeeze=False)
     for row, (path, window) in enumerate(zip(paths, crops, strict=True)):
         mask = data[names[0]]["masks"][row]
         image = Image.open(path).convert("RGB").resize(mask.shape[::-1])

@@ -508,17 +508,14 @@ def test_format_category_table():
         "train/loss": 3.0,  # no "/mean": not a per-category metric
         "image_F1Score": 0.9,
     }
-    expected = (
-        """\
+    expected = """\
 | category | pixel_AP | DSC |
 |---|---|---|
 | bottle | 50.00 | n/a |
 | cable | 25.00 | 10.00 |
 | mean | 37.50 | 10.00 |
 
-"""
-        + NOT_COMPUTABLE_NOTE.format(categories="bottle")
-    )
+""" + NOT_COMPUTABLE_NOTE.format(categories="bottle")
     assert format_category_table(logged) == expected
     assert format_category_table({"image_AUROC": 1.0}) == ""
 

@@ -44,8 +44,17 @@ BUDGETS = {  # command prefix -> arguments appended
     "anomalib train --config configs/unias.yaml": PAPER,
     "anomalib train --config configs/unias_visa.yaml": PAPER,
     "anomalib train --config configs/demo.yaml --trainer.strategy ddp": SHORT,
-    "python benchmarks/quality.py": ["--max-epochs", "1", "--curve-points", "1", "--coreset-ratio", "0.002", *TINY,
-                                     "image_size=null", "train_tiles=null"],  # the tiny input_size would tile MTD
+    "python benchmarks/quality.py": [
+        "--max-epochs",
+        "1",
+        "--curve-points",
+        "1",
+        "--coreset-ratio",
+        "0.002",
+        *TINY,
+        "image_size=null",
+        "train_tiles=null",
+    ],  # the tiny input_size would tile MTD
 }
 NOT_RUN = ("pip install", "python -m pytest")
 
