@@ -19,7 +19,7 @@ the paper, chosen with the ``map_fusion`` / ``map_strides`` switches or from val
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,28 +65,28 @@ class Fusion:
         return f"{self.kind} of strides {'+'.join(map(str, self.strides))}"
 
     @classmethod
-    def of(cls, kind: FusionKind, strides: Iterable[int] | None) -> Fusion:
-        """The fusion of the ``map_fusion`` / ``map_strides`` arguments (``None`` = all four levels)."""
-        return cls(kind, tuple(strides) if strides is not None else LEVEL_STRIDES)
+    def of(cls, kind: FusionKind, strides: Iterable[int] | None, levels: Iterable[int] = LEVEL_STRIDES) -> Fusion:
+        """The fusion of the ``map_fusion`` / ``map_strides`` arguments (``None`` = every reconstructed level)."""
+        return cls(kind, tuple(strides) if strides is not None else tuple(levels))
 
 
 PAPER_FUSION = Fusion()
-"""The paper's map: the product of the four levels."""
+"""The paper's map: the product of the four levels (of a model that reconstructs fewer, the product of those)."""
 
 
-def candidate_fusions() -> tuple[Fusion, ...]:
-    """The fusions ``map_fusion: auto`` chooses from: product and mean of every run of neighbouring levels.
+def candidate_fusions(levels: Sequence[int] = LEVEL_STRIDES) -> tuple[Fusion, ...]:
+    """The fusions ``map_fusion: auto`` chooses from: product and mean of every run of neighbouring ``levels``.
 
-    Neighbouring levels only (16; 16+8; 16+8+4; ...; 8+4+2; ...), so that the choice is among 16 maps,
-    not the 26 of every subset: a level left out between two fused ones has no use that the measured
-    maps ever showed, and fewer candidates overfit a small validation set less.  The paper's product of
-    all four comes first (the choice keeps it on ties).
+    Neighbouring levels only (16; 16+8; 16+8+4; ...; 8+4+2; ...), so that the choice is among 16 maps (with
+    the paper's four levels), not the 26 of every subset: a level left out between two fused ones has no use
+    that the measured maps ever showed, and fewer candidates overfit a small validation set less.  The product
+    of all ``levels`` (the paper's map) comes first: the choice keeps it on ties.
     """
+    levels = tuple(levels)
     runs = [
-        LEVEL_STRIDES[start:stop]
-        for length in range(len(LEVEL_STRIDES), 0, -1)
-        for start in range(len(LEVEL_STRIDES) - length + 1)
-        for stop in [start + length]
+        levels[start : start + length]
+        for length in range(len(levels), 0, -1)
+        for start in range(len(levels) - length + 1)
     ]
     fusions = [Fusion(kind, run) for run in runs for kind in ("product", "mean")]
     return tuple(dict.fromkeys(fusions))

@@ -43,6 +43,10 @@ class Architecture:
         ffn_dim: FFN width everywhere (paper: 2048).
         num_encoder_layers: Pixel-decoder transformer encoder depth (paper: 3).
         neighbour_size: Side of the neighbourhood each query may not attend to (paper: 7).
+        levels: Backbone strides of the levels reconstructed, coarsest first (paper: 16, 8, 4, 2).  Fewer levels
+            (``(16, 8)``: the two coarse ones) leave out the finest, which cost most of the head's compute: the
+            same training time at twice the resolution.  The reference configures its tapped levels too.  Not
+            in the paper's recipe.
         dropout: Transformer dropout (paper: 0.1).
         jitter_scale: Feature-jitter scale (paper: 20).
         jitter_prob: Feature-jitter probability per level (paper: 0.5).
@@ -69,6 +73,7 @@ class Architecture:
     ffn_dim: int = field(default=2048, metadata=SHAPES_WEIGHTS)
     num_encoder_layers: int = field(default=3, metadata=SHAPES_WEIGHTS)
     neighbour_size: int = field(default=7, metadata=SHAPES_WEIGHTS)
+    levels: tuple[int, ...] = field(default=LEVEL_STRIDES, metadata=SHAPES_WEIGHTS)
     dropout: float = 0.1
     jitter_scale: float = 20.0
     jitter_prob: float = 0.5
@@ -92,6 +97,7 @@ class Architecture:
                 works += f"; or keep the size with a neighbour_size of at most {largest}"
             refuse("input_size", [height, width], problem, works)
         self._check_training_settings()
+        self._check_levels()
         self._check_map()
 
     @classmethod
@@ -173,6 +179,19 @@ class Architecture:
         if self.hard_mining_warmup < 0:
             refuse("hard_mining_warmup", self.hard_mining_warmup, "must be 0 or more training steps", "1000")
 
+    def _check_levels(self) -> None:
+        levels = tuple(int(s) for s in self.levels) if not isinstance(self.levels, int | str) else ()
+        runs = [LEVEL_STRIDES[:count] for count in range(1, len(LEVEL_STRIDES) + 1)]
+        if levels not in runs:
+            refuse(
+                "levels",
+                list(self.levels) if not isinstance(self.levels, int | str) else self.levels,
+                "must be the coarsest levels, coarsest first: the decoder reconstructs coarse to fine from the "
+                "stride-16 query grid",
+                ", ".join(str(list(run)) for run in reversed(runs)) + " (paper: all four)",
+            )
+        object.__setattr__(self, "levels", levels)
+
     def _check_map(self) -> None:
         if self.map_fusion not in ("product", "mean", "auto"):
             refuse("map_fusion", self.map_fusion, "must be 'product' (paper), 'mean' or 'auto'", "'product'")
@@ -182,12 +201,12 @@ class Architecture:
             rule = "must be null with map_fusion='auto', which chooses the levels too"
             refuse("map_strides", list(self.map_strides), rule, "null, or a fixed map_fusion ('product' or 'mean')")
         strides = [int(s) for s in self.map_strides]
-        if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LEVEL_STRIDES):
+        if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(self.levels):
             refuse(
                 "map_strides",
                 list(self.map_strides),
-                f"must be distinct level strides out of {list(LEVEL_STRIDES)}, at least one",
-                "null (all four, paper) or [16, 8]",
+                f"must be distinct strides of the reconstructed levels {list(self.levels)}, at least one",
+                "null (all of them, paper) or [16, 8]",
             )
         object.__setattr__(self, "map_strides", tuple(strides))
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import distributed
 
-from .anomaly_map import PAPER_FUSION, AnomalyMapGenerator, Fusion
+from .anomaly_map import AnomalyMapGenerator, Fusion
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +132,23 @@ class FusionScores:
 
 
 def describe_choice(chosen: Fusion | None, scores: Mapping[Fusion, float], images: int) -> str:
-    """The log line of a choice: what was chosen, on how many images, and the runners-up."""
+    """The log line of a choice: what was chosen, on how many images, and the runners-up.
+
+    ``scores``: every candidate's score, the default (the product of all reconstructed levels, the paper's map)
+    first.
+    """
+    default = next(iter(scores))
     if chosen is None:
         return (
             f"UniAS map_fusion 'auto': the {images} validation images hold no defect pixel, so the map stays the "
-            f"paper's {PAPER_FUSION.name}. Give the validation split defective images (val_split_mode: "
-            "from_test or same_as_test) to choose the fusion from the data."
+            f"{default.name} (the paper's). Give the validation split defective images (val_split_mode: from_test "
+            "or same_as_test) to choose the fusion from the data."
         )
     ranked = sorted(scores.items(), key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)
     others = ", ".join(f"{fusion.name} {100 * score:.2f}" for fusion, score in ranked[1:6])
     return (
         f"UniAS map_fusion 'auto': {chosen.name} (validation pixel AP {100 * scores[chosen]:.2f}, mean over "
-        f"categories, {images} images); next: {others}; the paper's {PAPER_FUSION.name} "
-        f"{100 * scores.get(PAPER_FUSION, math.nan):.2f}."
+        f"categories, {images} images); next: {others}; the paper's {default.name} {100 * scores[default]:.2f}."
     )
 
 

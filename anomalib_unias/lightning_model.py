@@ -109,6 +109,10 @@ class UniAS(AnomalibModule):
         ffn_dim: FFN width (paper: 2048).
         num_encoder_layers: Pixel-decoder transformer encoder depth (paper: 3).
         neighbour_size: Side of the neighbourhood each query may not attend to (paper: 7).
+        levels: Backbone strides of the levels reconstructed, coarsest first (paper: ``[16, 8, 4, 2]``).
+            ``[16, 8]`` leaves out the two finest levels, which cost about three quarters of the head's compute at
+            the paper's widths: the same training time at twice the resolution.  Not in the paper's recipe (the
+            reference configures its tapped levels).
         dropout: Transformer dropout (paper: 0.1).
         jitter_scale: Feature-jitter scale (paper: 20).
         jitter_prob: Per-level feature-jitter probability (paper: 0.5).
@@ -176,6 +180,7 @@ class UniAS(AnomalibModule):
         ffn_dim: int = 2048,
         num_encoder_layers: int = 3,
         neighbour_size: int = 7,
+        levels: tuple[int, ...] = (16, 8, 4, 2),
         dropout: float = 0.1,
         jitter_scale: float = 20.0,
         jitter_prob: float = 0.5,

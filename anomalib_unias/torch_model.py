@@ -19,7 +19,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import PAPER_FUSION, AnomalyMapGenerator, Fusion
+from .anomaly_map import AnomalyMapGenerator, Fusion
 from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, Architecture
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
@@ -50,8 +50,9 @@ class UniASHead(nn.Module):
         self.architecture = architecture
         self.input_size = architecture.input_size
         grid = architecture.query_grid
-        coarse_to_fine = list(reversed(feature_channels))
-        self.level_names = tuple(f"stride{stride}" for stride in LEVEL_STRIDES[: len(coarse_to_fine)])
+        # The backbone's taps run fine to coarse; the head reads the coarsest len(levels) of them.
+        coarse_to_fine = list(reversed(feature_channels))[: len(architecture.levels)]
+        self.level_names = tuple(f"stride{stride}" for stride in architecture.levels)
         self.feature_preparation = FeaturePreparation(
             jitter_scale=architecture.jitter_scale, jitter_prob=architecture.jitter_prob
         )
@@ -82,18 +83,20 @@ class UniASHead(nn.Module):
             hard_mining_warmup=architecture.hard_mining_warmup,
         )
         self.anomaly_map = AnomalyMapGenerator(
-            num_levels=len(feature_channels),
+            num_levels=len(coarse_to_fine),
             input_size=self.input_size,
-            fusion=(
-                PAPER_FUSION  # until map_fusion="auto" has chosen on validation data
-                if architecture.fuses_automatically
-                else Fusion.of(architecture.map_fusion, architecture.map_strides)
+            fusion=Fusion.of(
+                # the paper's product until map_fusion="auto" has chosen on validation data
+                "product" if architecture.fuses_automatically else architecture.map_fusion,
+                architecture.map_strides,
+                architecture.levels,
             ),
         )
 
     def reconstruct(self, features: list[torch.Tensor]) -> Reconstruction:
-        """Reconstruct the blurred taps from the raw taps ``features`` (fine to coarse)."""
-        targets, inputs = self.feature_preparation(list(reversed(features)))
+        """Reconstruct the blurred taps from the raw taps ``features`` (fine to coarse; the coarsest ``levels``)."""
+        coarse_to_fine = list(reversed(features))[: len(self.level_names)]
+        targets, inputs = self.feature_preparation(coarse_to_fine)
         pixel_maps = self.pixel_decoder(inputs)
         reconstructions = self.decoder(pixel_maps, [t.shape[-2:] for t in targets])
         return Reconstruction(targets, reconstructions)

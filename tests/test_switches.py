@@ -116,7 +116,7 @@ def test_hard_mining_changes_the_loss_only_not_the_map() -> None:
     ("switches", "message"),
     [
         ({"map_fusion": "max"}, r"map_fusion='max': must be 'product' \(paper\), 'mean' or 'auto'"),
-        ({"map_strides": [32]}, r"map_strides=\[32\]: must be distinct level strides"),
+        ({"map_strides": [32]}, r"map_strides=\[32\]: must be distinct strides of the reconstructed levels"),
         ({"map_strides": []}, r"map_strides=\[\]"),
         ({"hard_mining": 1.0}, r"hard_mining=1.0: is a share of pixels"),
         ({"hard_mining_warmup": -1}, r"hard_mining_warmup=-1"),
@@ -152,3 +152,37 @@ def test_short_run_optimiser_settings_change_the_schedule_and_betas_only() -> No
     assert floored_rates[10:] == pytest.approx([2e-4 + 0.9 * rate for rate in plain_rates[10:]])
     config = floored.optimizer_recipe.configure(floored.model.head.parameters(), 100)
     assert config["optimizer"].param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_reconstructing_the_coarse_levels_only_gives_the_same_coarse_reconstructions() -> None:
+    """``levels=[16, 8]``: the decoder runs coarse to fine, so the two coarse levels come out as the full model's."""
+    images = torch.rand(2, 3, *TINY_UNIAS["input_size"])
+    paper, coarse = _model(), _model(levels=[16, 8])
+    state = paper.state_dict()
+    state["model.head.decoder.level_embed"] = state["model.head.decoder.level_embed"][:2]
+    missing, unexpected = coarse.load_state_dict(state, strict=False)
+    assert not missing  # every tensor of the two-level head is the full head's
+    assert all(".2." in key or ".3." in key or ".1." in key for key in unexpected)  # only the finer levels' are left
+    paper.eval()
+    coarse.eval()
+    with torch.no_grad():
+        full = paper.model.head.reconstruct(paper.model.backbone(images))
+        two = coarse.model.head.reconstruct(coarse.model.backbone(images))
+    assert len(two.reconstructions) == 2
+    for level in range(2):
+        assert torch.allclose(two.reconstructions[level], full.reconstructions[level], atol=1e-6)
+        assert torch.equal(two.targets[level], full.targets[level])
+    # Its map: the product of those two levels, smoothed at the finest reconstructed level's size (stride 8).
+    generator = coarse.model.head.anomaly_map
+    level_maps = generator.level_maps(full.reconstructions[:2], full.targets[:2])
+    assert level_maps[0].shape[-2:] == full.targets[1].shape[-2:]
+    expected = _upsample(level_maps[1] * level_maps[0])
+    assert torch.allclose(coarse.model(images).anomaly_map, expected, atol=1e-6)
+    assert coarse.model.head.level_names == ("stride16", "stride8")
+
+
+def test_levels_must_be_the_coarsest_run() -> None:
+    with pytest.raises(UniASArgumentError, match=r"levels=\[8, 4\]: must be the coarsest levels"):
+        _model(levels=[8, 4])
+    with pytest.raises(UniASArgumentError, match=r"map_strides=\[4\]: must be distinct strides of the reconstructed"):
+        _model(levels=[16, 8], map_strides=[4])

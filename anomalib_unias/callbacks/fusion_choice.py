@@ -36,7 +36,7 @@ class FusionChoice(Callback):
         if not architecture.fuses_automatically or trainer.sanity_checking:
             return
         start = time.perf_counter()
-        scores = FusionScores(candidate_fusions())
+        scores = FusionScores(candidate_fusions(architecture.levels))
         images = 0
         loaders = trainer.val_dataloaders
         for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
