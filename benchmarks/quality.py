@@ -222,15 +222,19 @@ def evaluate(
     fusions: Sequence[str] = CURVE_FUSIONS,
     metrics: Sequence[str] = CURVE_METRICS,
 ) -> dict[str, dict[str, float]]:
-    """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category)."""
+    """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category).
+
+    Fusions of levels the model does not reconstruct (``levels``) are left out.
+    """
     model.eval()
+    levels = set(model.model.head.architecture.levels)
+    scored = {"configured": model.model.head.anomaly_map.fusion, **FUSIONS}
+    scored = {name: fusion for name, fusion in scored.items() if name in fusions and set(fusion.strides) <= levels}
     halves = assign_halves(list(datamodule.test_data.samples.image_path))
-    evaluators = {(name, half): unias_evaluator(per_category=False) for name in fusions for half in HALVES}
+    evaluators = {(name, half): unias_evaluator(per_category=False) for name in scored for half in HALVES}
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
         half_of = [halves[str(path)] for path in batch.image_path]
-        scored = {"configured": model.model.head.anomaly_map.fusion, **FUSIONS}
-        scored = {name: fusion for name, fusion in scored.items() if name in fusions}
         device_maps = model.model.fused_maps(image.to(model.device), list(scored.values()))
         for name, device_map in zip(scored, device_maps, strict=True):
             anomaly_map = device_map.cpu()
