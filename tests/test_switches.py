@@ -186,3 +186,21 @@ def test_levels_must_be_the_coarsest_run() -> None:
         _model(levels=[8, 4])
     with pytest.raises(UniASArgumentError, match=r"map_strides=\[4\]: must be distinct strides of the reconstructed"):
         _model(levels=[16, 8], map_strides=[4])
+
+
+def test_every_architecture_and_optimiser_field_is_a_unias_argument_with_the_same_default() -> None:
+    """``Architecture.from_arguments(locals())`` and the optimiser recipe read UniAS's arguments by name."""
+    from dataclasses import fields
+
+    from anomalib_unias.architecture import Architecture
+    from anomalib_unias.components.optimizer import OptimizerRecipe
+
+    parameters = inspect.signature(UniAS).parameters
+    for record in (Architecture, OptimizerRecipe):
+        for field in fields(record):
+            assert field.name in parameters, f"{record.__name__}.{field.name} is not a UniAS argument"
+            default = parameters[field.name].default
+            expected = field.default
+            assert (list(default) if isinstance(default, tuple) else default) == (
+                list(expected) if isinstance(expected, tuple) else expected
+            ), field.name
