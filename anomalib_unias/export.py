@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # NNCF and OpenVINO load only when a function here runs: the model imports this module for the names below.
 
 INT8_VARIANTS = {
+    "head-int8": "only the trained head in INT8: backbone, feature preparation and map tail kept in FP32",
     "map-fp32": "cosine distances, map fusion and normalisation kept in FP32",
-    "backbone-fp32": "the frozen backbone and the feature preparation kept in FP32 too (the head INT8)",
     "matmul-fp32": "attention and FFN matrix products kept in FP32 (convolutions INT8)",
     "anomalib": "NNCF defaults, as anomalib's INT8_PTQ",
 }
@@ -126,7 +126,7 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = 
     kwargs: dict[str, Any] = {}
     if variant == "map-fp32":
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=anomaly_map_ops(model), validate=False)
-    elif variant == "backbone-fp32":
+    elif variant == "head-int8":
         ignored = anomaly_map_ops(model) + backbone_ops(model)
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
     elif variant == "matmul-fp32":

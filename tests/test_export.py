@@ -28,6 +28,7 @@ from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
+from sklearn.metrics import average_precision_score
 
 from anomalib_unias import UniAS
 from anomalib_unias import export as export_module
@@ -204,6 +205,15 @@ def _differences(outputs: list[NumpyImageBatch], references: list[InferenceBatch
     }
 
 
+def _mask(image_path: Path) -> np.ndarray:
+    """The demo image's ground truth at the model's input size (nearest neighbour), all zero for a good image."""
+    size = TINY["input_size"]
+    if image_path.parent.name == "good":
+        return np.zeros(size, dtype=bool)
+    mask_path = image_path.parents[2] / "ground_truth" / image_path.parent.name / f"{image_path.stem}_mask.png"
+    return cv2.resize(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE), size[::-1], interpolation=cv2.INTER_NEAREST) > 0
+
+
 def _assert_sane(outputs: list[NumpyImageBatch], input_size: tuple[int, int]) -> None:
     for out in outputs:
         assert out.anomaly_map.shape == (1, 1, *input_size)
@@ -319,23 +329,37 @@ def test_cli_int8_ptq_export_runs(
     assert xml.is_file()
     model = ov.Core().read_model(xml)
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-    # The default variant (map-fp32) keeps the map tail in FP32: every tail op of the FP32 graph is in the
-    # INT8 graph under its name (an unknown name fails here), and none of them reads a quantised input.
-    tail = export_module.anomaly_map_ops(ov.Core().read_model(fp32_xml))
+    # The default variant (head-int8) keeps the backbone, the feature preparation and the map tail in FP32: every
+    # such op of the FP32 graph is in the INT8 graph under its name (an unknown name fails here), none of them
+    # reads a quantised input, and the head's convolutions do.
+    fp32_model = ov.Core().read_model(fp32_xml)
+    kept = export_module.anomaly_map_ops(fp32_model) + export_module.backbone_ops(fp32_model)
     ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    assert not set(tail) - set(ops), f"map-tail ops missing from the INT8 graph: {sorted(set(tail) - set(ops))}"
-    quantised = [
+    assert not set(kept) - set(ops), f"FP32 ops missing from the INT8 graph: {sorted(set(kept) - set(ops))}"
+    quantised = {
         name
-        for name in tail
-        for value in ops[name].inputs()
+        for name, op in ops.items()
+        for value in op.inputs()
         if value.get_source_output().get_node().get_type_name() == "FakeQuantize"
-    ]
-    assert not quantised, f"map-tail ops with INT8 inputs: {quantised}"
+    }
+    assert not quantised & set(kept), f"backbone or map-tail ops with INT8 inputs: {sorted(quantised & set(kept))}"
+    assert sum(ops[name].get_type_name() == "Convolution" for name in quantised) >= 10  # the head's convolutions
     outputs = _predict(xml, image_files, work, monkeypatch)
     _assert_sane(outputs, TINY["input_size"])
     diff = _differences(outputs, references)
     print(f"\nOpenVINO INT8 (anomalib INT8_PTQ) vs PyTorch eager: {diff}")
-    assert diff["map_corr"] > 0.5  # a two-step model; see benchmarks/int8_accuracy.py for real accuracy
+    # The tolerance the deployed-accuracy table claims: within 1 pAP point of eager PyTorch (here on the nine demo
+    # test images with their masks, at model resolution).
+    pixel_ap = {}
+    maps = {"eager": [r.anomaly_map.numpy() for r in references], "int8": [o.anomaly_map for o in outputs]}
+    for name, runtime_maps in maps.items():
+        pixel_ap[name] = 100 * average_precision_score(
+            np.concatenate([_mask(path).ravel() for path in image_files[:9]]),
+            np.concatenate([m.ravel() for m in runtime_maps[:9]]),
+        )
+    print(f"pixel AP eager {pixel_ap['eager']:.2f}, INT8 {pixel_ap['int8']:.2f}")
+    assert abs(pixel_ap["int8"] - pixel_ap["eager"]) <= 1.0
+    assert diff["map_corr"] > 0.99  # 0.998 measured; quantising the backbone too left 0.5-0.9
 
 
 def test_torch_export_predicts_through_torch_inferencer(
