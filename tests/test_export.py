@@ -359,7 +359,7 @@ def test_cli_int8_ptq_export_runs(
         )
     print(f"pixel AP eager {pixel_ap['eager']:.2f}, INT8 {pixel_ap['int8']:.2f}")
     assert abs(pixel_ap["int8"] - pixel_ap["eager"]) <= 1.0
-    assert diff["map_corr"] > 0.99  # 0.998 measured; quantising the backbone too left 0.5-0.9
+    assert diff["map_corr"] > 0.99  # 0.998 measured on this machine
 
 
 def test_torch_export_predicts_through_torch_inferencer(
