@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="MVTec-layout root (default: MTD)")
     parser.add_argument("--categories", nargs="+", default=None, help="default: every category under --root")
     parser.add_argument("--calibration-images", type=int, default=300, help="INT8 calibration training images")
-    parser.add_argument("--int8-variants", nargs="+", default=["head-int8", "map-fp32", "anomalib"], choices=list(INT8_VARIANTS))
+    parser.add_argument(
+        "--int8-variants", nargs="+", default=["head-int8", "map-fp32", "anomalib"], choices=list(INT8_VARIANTS)
+    )
     parser.add_argument("--limit", type=int, default=None, help="only this many test images, evenly spaced")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(

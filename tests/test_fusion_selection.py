@@ -159,3 +159,51 @@ def test_the_choice_is_logged_saved_and_used_by_a_loaded_checkpoint(trained, cap
         engine.validate(model, datamodule=datamodule)
     (line,) = [r.getMessage() for r in caplog.records if "map_fusion 'auto'" in r.getMessage()]
     assert f"map_fusion 'auto': {chosen.name} (validation pixel AP" in line
+
+
+def _gathered_scores(rank: int, world_size: int, port: int, queue) -> None:
+    """One process of a gloo group: count its half of the images (one category only it sees), gather, report."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    maps, masks, categories = _split_data()
+    scores = FusionScores(_FUSIONS)
+    rows = slice(rank, None, world_size)
+    scores.update([m[rows] for m in maps], masks[rows], categories[rows])
+    scores.gather()
+    queue.put((rank, {fusion.name: value for fusion, value in scores.average_precision().items()}))
+    torch.distributed.destroy_process_group()
+
+
+_FUSIONS = (PAPER_FUSION, Fusion("mean", (16, 8)))
+
+
+def _split_data() -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand(6, 8, 8, generator=generator) > 0.8
+    maps = [_maps(masks, noise, generator) for noise in (2.0, 0.7)]
+    return maps, masks, ["a", "b", "a", "b", "c", "a"]  # "c" lies on process 0 only
+
+
+@pytest.mark.slow
+def test_processes_add_their_counts_to_the_single_process_choice() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    maps, masks, categories = _split_data()
+    single = FusionScores(_FUSIONS)
+    single.update(maps, masks, categories)
+    expected = {fusion.name: value for fusion, value in single.average_precision().items()}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_gathered_scores, args=(rank, 2, port, queue)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert results[0] == results[1] == pytest.approx(expected, abs=1e-12)
