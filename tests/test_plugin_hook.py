@@ -101,7 +101,10 @@ SCENARIOS = {
         from anomalib.models import get_model
         result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         result["hooked_while_fix_targets_pending"] = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
-        import anomalib.engine, anomalib.cli.cli  # the modules anomalib_unias's fixes patch
+        import importlib
+        from importlib.metadata import entry_points
+        for name in sorted({ep.name for ep in entry_points(group="anomalib_plugin_hook.fixes")}):
+            importlib.import_module(name)  # every module a fix patches (anomalib_unias's: the CLI, the engine, ...)
         result["hooked_after"] = any(type(f).__name__ == "_Finder" for f in sys.meta_path)
         result["loader"] = type(anomalib.models.__loader__).__name__
         result["by_name"] = [get_model("ToyModel").width, get_model("toy_model").width]
