@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .architecture import Architecture
+from .errors import UniASError
 
 RNG_STATES_KEY = "rng_states"
 LAST_CHECKPOINT = "last.ckpt"
@@ -37,7 +38,7 @@ FIXED_BY_CHECKPOINT = (
 """UniAS arguments a checkpoint fixes: its weights, its restored pre-processor and its tiling were built for them."""
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(UniASError, ValueError):
     """A checkpoint file that is missing, empty or not a PyTorch checkpoint."""
 
 

@@ -1,11 +1,19 @@
-"""The error UniAS raises for an argument it cannot run with, and the one way its message is written."""
+"""The errors UniAS raises, one family (:class:`UniASError`), and the one way an argument refusal is written."""
 
 from __future__ import annotations
 
 from typing import NoReturn
 
 
-class UniASArgumentError(ValueError):
+class UniASError(Exception):
+    """Base of every error UniAS raises on purpose: ``except UniASError`` catches them all.
+
+    Each subclass also derives from the built-in error it stands for (``ValueError``, ``OSError``, ...), so
+    code that catches those keeps working.
+    """
+
+
+class UniASArgumentError(UniASError, ValueError):
     """An argument value UniAS cannot run with."""
 
 

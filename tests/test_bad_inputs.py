@@ -7,6 +7,7 @@ checkpoint and weights files, categories without defects and non-finite pixels, 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,26 @@ def test_a_failed_torch_export_leaves_no_partial_file_and_keeps_the_earlier_one(
         model.to_torch(tmp_path)
     assert sorted(p.name for p in first.parent.iterdir()) == ["model.pt", "thresholds.json"]
     assert first.stat().st_size == size
+
+
+def test_every_error_the_package_raises_on_purpose_is_a_uniaserror() -> None:
+    """One family (``except UniASError``), each also the built-in error it stands for."""
+    import inspect
+
+    import anomalib_unias
+    from anomalib_unias.errors import UniASError
+
+    modules = [m for name, m in sys.modules.items() if name.startswith("anomalib_unias")]
+    errors = {
+        cls
+        for module in modules
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, Exception) and cls.__module__.startswith("anomalib_unias")
+    }
+    assert anomalib_unias is not None
+    assert len(errors) >= 8
+    assert all(issubclass(cls, UniASError) for cls in errors), sorted(c.__name__ for c in errors)
+    builtin = (ValueError, OSError, RuntimeError, KeyError)
+    assert all(issubclass(cls, builtin) for cls in errors - {UniASError})  # each also the built-in error it stands for
+    with pytest.raises(UniASError, match=r"UniAS argument backbone='resnet_nope': timm has no model of that name"):
+        UniAS(backbone="resnet_nope")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import timm
 
+from ..errors import refuse
 from .bundled import bundled_weights_file
 from .frozen import DEFAULT_OUT_INDICES, FrozenBackbone, feature_network
 from .hub import hub_weights_file
@@ -59,16 +60,16 @@ def check_backbone_name(name: str) -> None:
     """Refuse a name that is not a timm model, suggesting the closest timm names.
 
     Raises:
-        ValueError: ``name`` (without its ``.tag``) is not a timm architecture.
+        UniASArgumentError: ``name`` (without its ``.tag``) is not a timm architecture.
     """
     arch = name.partition(".")[0]
     if timm.is_model(arch):
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     suggestion = f" Closest timm names: {', '.join(close)}." if close else ""
-    msg = (
-        f"UniAS argument backbone={name!r}: timm has no model of that name.{suggestion} UniAS needs a CNN with "
-        "feature taps at strides 2, 4, 8 and 16, e.g. tf_efficientnet_b4 (paper) or tf_efficientnet_lite0 "
-        "(ImageNet weights bundled, works offline)."
+    refuse(
+        "backbone",
+        name,
+        f"timm has no model of that name.{suggestion} UniAS needs a CNN with feature taps at strides 2, 4, 8 and 16",
+        "tf_efficientnet_b4 (paper) or tf_efficientnet_lite0 (ImageNet weights bundled, works offline)",
     )
-    raise ValueError(msg)

@@ -17,6 +17,8 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import refuse
+
 DEFAULT_OUT_INDICES = (0, 1, 2, 3)
 """timm feature indices of the four taps (EfficientNet: strides 2, 4, 8, 16)."""
 
@@ -88,12 +90,13 @@ def feature_network(
     pretrained = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(hub_file)}} if hub_file else {}
     network = timm.create_model(name, exportable=True, **pretrained)
     if not hasattr(network, "prune_intermediate_layers"):
-        msg = (
-            f"UniAS argument backbone={name!r}: this timm model has no intermediate-feature API "
-            "(forward_intermediates / prune_intermediate_layers), which UniAS taps. Fix: use a timm CNN that has "
-            "it, e.g. tf_efficientnet_b4 (paper) or tf_efficientnet_lite0."
+        rule = (
+            "this timm model has no intermediate-feature API (forward_intermediates / prune_intermediate_layers), "
+            "which UniAS taps"
         )
-        raise ValueError(msg)
+        refuse(
+            "backbone", name, rule, "a timm CNN that has it, e.g. tf_efficientnet_b4 (paper) or tf_efficientnet_lite0"
+        )
     # prune_norm as well: timm 1.0.9 keeps the final conv/norm after the last stage unless asked.
     network.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
     return network

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import timm
 
+from ..errors import UniASError
+
 HUB_TIMEOUT_S = 3.0
 """Seconds to wait for the Hugging Face endpoint before declaring it unreachable."""
 
@@ -20,7 +22,7 @@ HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 """The files timm asks a hub repo for, in order."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UniASError, RuntimeError):
     """Pretrained weights are needed but neither bundled, cached, nor downloadable."""
 
 

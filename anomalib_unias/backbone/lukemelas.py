@@ -12,6 +12,8 @@ import re
 
 from torch import nn
 
+from ..errors import UniASError
+
 STEM_KEY = "_conv_stem.weight"
 """A key every lukemelas EfficientNet state dict has; its prefix locates the network in a checkpoint."""
 
@@ -28,7 +30,7 @@ _INVERTED_RESIDUAL = {
 _SQUEEZE_EXCITE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
 
 
-class CheckpointConversionError(KeyError):
+class CheckpointConversionError(UniASError, KeyError):
     """A checkpoint key has no counterpart in this implementation."""
 
 

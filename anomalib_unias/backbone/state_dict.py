@@ -14,10 +14,11 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import UniASError
 from .lukemelas import STEM_KEY, CheckpointConversionError, convert_key, stage_depths
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(UniASError, RuntimeError):
     """A weights file does not fit the backbone (missing/unexpected keys, shapes, unreadable)."""
 
 

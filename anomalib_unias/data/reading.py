@@ -41,6 +41,8 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize, to_d
 from torchvision.tv_tensors import Image as ImageTensor
 from torchvision.tv_tensors import Mask
 
+from ..errors import UniASError
+
 logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -53,11 +55,11 @@ IMAGE_FIX = (
 )
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UniASError, ValueError):
     """Files of a data set that cannot be used, each with its reason and the fix."""
 
 
-class UnreadableFileError(OSError):
+class UnreadableFileError(UniASError, OSError):
     """An image or mask file that cannot be read (the message names the file and the fix)."""
 
 
