@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +61,37 @@ def median_seconds(
     return statistics.median(durations)
 
 
+def openvino_speed(
+    model: str | Path, threads: int, batches: Sequence[int], image_shape: Sequence[int], repeats: int
+) -> list[dict]:
+    """Images/s of an OpenVINO model on the CPU at each batch size, on the runtime's default precision hint.
+
+    One row per batch: ``batch``, ``images_per_s`` (median of ``repeats`` calls on random images of
+    ``image_shape``), this process's ``peak_rss_mib`` so far and ``execution_precision`` (what the CPU plugin
+    runs the float layers in: f32, or bf16 by default on CPUs with bfloat16 units).
+    """
+    import numpy as np
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        images = rng.random((batch, 3, *image_shape), dtype=np.float32)
+        seconds = median_seconds(lambda images=images: request.infer({0: images}), repeats)
+        rows.append(
+            {
+                "batch": batch,
+                "images_per_s": batch / seconds,
+                "peak_rss_mib": peak_rss_mib(),
+                "execution_precision": precision,
+            }
+        )
+    return rows
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB: ``VmHWM`` of /proc/self/status.
 
@@ -83,6 +116,25 @@ def assign_halves(paths: Sequence[str]) -> dict[str, str]:
     for path in sorted(map(str, paths)):
         by_folder.setdefault(str(Path(path).parent), []).append(path)
     return {path: HALVES[index % 2] for folder in by_folder.values() for index, path in enumerate(folder)}
+
+
+def run_worker(script: str | Path, kind: str, spec: dict) -> list[dict]:
+    """Run ``script --worker kind SPEC`` in a fresh interpreter (its peak memory is its own); return its JSON result.
+
+    The worker prints its result as JSON on its last stdout line; the repository is put on its ``PYTHONPATH``.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, str(script), "--worker", kind, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if result.returncode != 0:
+        msg = f"worker {kind} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        raise RuntimeError(msg)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def commit() -> str:

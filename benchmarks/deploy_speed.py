@@ -33,14 +33,13 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, commit, cpu_name, median_seconds, peak_rss_mib
+from _common import REPO, commit, cpu_name, median_seconds, openvino_speed, peak_rss_mib, run_worker
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 TRAIN_BATCH_SIZE = 8
@@ -114,47 +113,10 @@ def worker_torch_train(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def worker_openvino(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    import numpy as np
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(
-        spec["model"], "CPU", {"INFERENCE_NUM_THREADS": spec["threads"], "PERFORMANCE_HINT": "LATENCY"}
-    )
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    request = compiled.create_infer_request()
-    rng = np.random.default_rng(0)
-    rows = []
-    for batch in spec["batch_sizes"]:
-        images = rng.random((batch, 3, *spec["image"]), dtype=np.float32)
-        seconds = median_seconds(lambda images=images: request.infer({0: images}), spec["repeats"])
-        rows.append(
-            {
-                "batch": batch,
-                "images_per_s": batch / seconds,
-                "peak_rss_mib": peak_rss_mib(),
-                "execution_precision": precision,
-            }
-        )
-    return rows
+    return openvino_speed(spec["model"], spec["threads"], spec["batch_sizes"], spec["image"], spec["repeats"])
 
 
 WORKERS = {"torch-eval": worker_torch_eval, "torch-train": worker_torch_train, "openvino": worker_openvino}
-
-
-def run_worker(kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run one configuration in a fresh interpreter; its last stdout line is the JSON result."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if result.returncode != 0:
-        msg = f"worker {kind} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-        raise RuntimeError(msg)
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -197,12 +159,16 @@ def measure_backbone(backbone: str, args: argparse.Namespace, work: Path, calibr
     )
     rows += [{**base, "mode": "export", "runtime": f"openvino {name}", "seconds": s} for name, s in seconds.items()]
     print(f"[{backbone}] PyTorch eager ...", flush=True)
-    rows += [{**base, "mode": "eval", "runtime": "pytorch fp32", **row} for row in run_worker("torch-eval", spec)]
-    rows += [{**base, "mode": "train", "runtime": "pytorch fp32", **row} for row in run_worker("torch-train", spec)]
+    rows += [
+        {**base, "mode": "eval", "runtime": "pytorch fp32", **row} for row in run_worker(__file__, "torch-eval", spec)
+    ]
+    rows += [
+        {**base, "mode": "train", "runtime": "pytorch fp32", **row} for row in run_worker(__file__, "torch-train", spec)
+    ]
     for precision in OPENVINO_PRECISIONS:
         if precision in paths:
             print(f"[{backbone}] OpenVINO {precision} ...", flush=True)
-            result = run_worker("openvino", {**spec, "model": str(paths[precision])})
+            result = run_worker(__file__, "openvino", {**spec, "model": str(paths[precision])})
             rows += [{**base, "mode": "eval", "runtime": f"openvino {precision}", **row} for row in result]
     return rows
 

@@ -32,7 +32,6 @@ import csv
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, commit, cpu_name, median_seconds, peak_rss_mib
+from _common import REPO, commit, cpu_name, median_seconds, openvino_speed, peak_rss_mib, run_worker
 
 BACKBONE = "tf_efficientnet_lite0"
 CPU_WIDTHS = {"pixel_dim": 64, "hidden_dim": 64, "ffn_dim": 256, "num_encoder_layers": 1, "neighbour_size": 5}
@@ -172,42 +171,11 @@ def worker_export(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def worker_openvino(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Time an exported model on the runtime's defaults (its precision hint: bf16 on CPUs with bfloat16 units)."""
-    import numpy as np
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(
-        spec["xml"], "CPU", {"INFERENCE_NUM_THREADS": spec["threads"], "PERFORMANCE_HINT": "LATENCY"}
-    )
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    request = compiled.create_infer_request()
-    rng = np.random.default_rng(0)
-    rows = []
-    for batch in DEPLOYMENTS[spec["deployment"]]["batches"]:
-        images = rng.random((batch, 3, *DEPLOYMENTS[spec["deployment"]]["input"]), dtype=np.float32)
-        seconds = median_seconds(lambda images=images: request.infer({0: images}), spec["repeats"])
-        rows.append(
-            {"batch": batch, "images_per_s": batch / seconds, "peak_rss_mib": peak_rss_mib(), "hint": precision}
-        )
-    return rows
+    deployment = DEPLOYMENTS[spec["deployment"]]
+    return openvino_speed(spec["xml"], spec["threads"], deployment["batches"], deployment["input"], spec["repeats"])
 
 
 WORKERS = {"eager": worker_eager, "export": worker_export, "openvino": worker_openvino}
-
-
-def run_worker(kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run one configuration in a fresh interpreter; its last stdout line is the JSON result."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if result.returncode != 0:
-        msg = f"worker {kind} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-        raise RuntimeError(msg)
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -219,20 +187,20 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             spec = {**common, "deployment": name, "model": model}
             label = {"deployment": name, "model": model}
             print(f"[{name}] {model}: eager ...", flush=True)
-            rows += [{**label, "runtime": "pytorch fp32", **row} for row in run_worker("eager", spec)]
+            rows += [{**label, "runtime": "pytorch fp32", **row} for row in run_worker(__file__, "eager", spec)]
             print(f"[{name}] {model}: export ...", flush=True)
             exported = run_worker(
-                "export", {**spec, "folder": str(work / name / model), "precisions": model == "unias"}
+                __file__, "export", {**spec, "folder": str(work / name / model), "precisions": model == "unias"}
             )
             rows += [{**label, "runtime": "export", **row} for row in exported if row["step"] == "fp32"]
             for row in exported:
                 print(f"[{name}] {model}: OpenVINO {row['step']} ...", flush=True)
-                timed = run_worker("openvino", {**spec, "xml": row["path"]})
+                timed = run_worker(__file__, "openvino", {**spec, "xml": row["path"]})
                 rows += [{**label, "runtime": f"openvino {row['step']}", **timed_row} for timed_row in timed]
     for tiles, (image_size, stride) in EXPORT_TILINGS.items():
         print(f"export of a {tiles}-tile UniAS ...", flush=True)
         spec = {**common, "tiling": [list(image_size), list(stride)], "folder": str(work / f"tiles{tiles}")}
-        (row,) = run_worker("export", spec)
+        (row,) = run_worker(__file__, "export", spec)
         rows.append({"model": "unias", "runtime": "export", "tiles": tiles, "image": "x".join(map(str, image_size)),
                      "seconds": row["seconds"]})  # fmt: skip
     return rows
@@ -256,11 +224,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
         if "images_per_s" not in row:
             continue
         base = eager[row["deployment"], row["model"], row["batch"]]
+        height, width = DEPLOYMENTS[row["deployment"]]["input"]
         lines.append(
-            f"| {row['deployment']} ({DEPLOYMENTS[row['deployment']]['input'][0]} x "
-            f"{DEPLOYMENTS[row['deployment']]['input'][1]} in) | {row['model']} | {row['runtime']} | "
-            f"{row.get('hint', 'f32')} | {row['batch']} | {row['images_per_s']:.2f} | {1000 / row['images_per_s']:.1f} "
-            f"| {row['images_per_s'] / base:.2f} | {row['peak_rss_mib']:.0f} |"
+            f"| {row['deployment']} ({height} x {width} in) | {row['model']} | {row['runtime']} | "
+            f"{row.get('execution_precision', 'f32')} | {row['batch']} | {row['images_per_s']:.2f} | "
+            f"{1000 / row['images_per_s']:.1f} | {row['images_per_s'] / base:.2f} | {row['peak_rss_mib']:.0f} |"
         )
     lines += [
         "",
@@ -294,7 +262,17 @@ def main() -> None:
     stem = "line_speed_quick" if args.quick else "line_speed"
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / f"{stem}.md").write_text(text)
-    fields = ["deployment", "model", "runtime", "hint", "batch", "images_per_s", "peak_rss_mib", "tiles", "seconds"]
+    fields = [
+        "deployment",
+        "model",
+        "runtime",
+        "execution_precision",
+        "batch",
+        "images_per_s",
+        "peak_rss_mib",
+        "tiles",
+        "seconds",
+    ]
     with (args.output / f"{stem}.csv").open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
