@@ -325,3 +325,17 @@ def test_auto_reads_the_images_shapes_and_names_those_the_resize_distorts() -> N
     mixed = [(256, 4096), (4096, 256)] * 3
     assert "3 of 6 images" in distorted_images([f"{i}.png" for i in range(6)], mixed, (128, 2048))
     assert distorted_images(["a.png"], [(265, 375)], (128, 128)) is None
+
+
+@pytest.mark.slow
+def test_a_tiled_model_exports_to_openvino_then_torch_from_one_object(tmp_path) -> None:
+    """The same model object exported twice (a pickle error used to leave a 668-byte model.pt behind)."""
+    model = UniAS(**TINY_UNIAS, pre_trained=False, image_size=(64, 192), tile_stride=(64, 32), visualizer=False)
+    model.eval()
+    model.to_openvino(tmp_path, "model", onnx_kwargs={"optimize": False})
+    path = model.to_torch(tmp_path)
+    assert path.stat().st_size > 1_000_000
+    loaded = torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
+    image = torch.rand(1, 3, 70, 200)
+    with torch.no_grad():
+        assert torch.allclose(loaded(image).anomaly_map, model(image).anomaly_map)
