@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     model = UniAS.load_from_checkpoint(args.ckpt)
+    if model.model.head.architecture.fuses_automatically:  # keep the checkpoint's choice (validation would redo it)
+        fusion = model.model.head.anomaly_map.fusion
+        model = UniAS.load_from_checkpoint(args.ckpt, map_fusion=fusion.kind, map_strides=list(fusion.strides))
     datamodule = UnifiedFolder(args.root, categories=args.categories, num_workers=0)
     datamodule.setup()
     thresholds = fit_thresholds(model, datamodule)
