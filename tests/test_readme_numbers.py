@@ -1,6 +1,7 @@
 """Every number in a README result table comes from a result file that a committed script wrote.
 
-A result table is a table whose header names a measurement (a metric, a time, a speed, a memory peak).
+The READMEs are the top-level one (a results summary) and ``benchmarks/README.md`` (the results in
+detail). A result table is a table whose header names a measurement (a metric, a time, a speed, a memory peak).
 The line after it must be ``Source: `benchmarks/results/...` `` (one or more files); every number in the
 table's cells, the first (label) column aside, must occur in one of those files as written there.
 """
@@ -8,10 +9,13 @@ table's cells, the first (label) column aside, must occur in one of those files 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import pytest
 
 from .conftest import REPO
 
-README = REPO / "README.md"
+READMES = (REPO / "README.md", REPO / "benchmarks" / "README.md")
 MEASURED = re.compile(r"\b(pAP|pixel_AP|AUROC|AUPRO|DSC|F1|images/s|ms/image|s/image|RSS)\b|\(s\)", re.IGNORECASE)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
 SOURCE = re.compile(r"`(benchmarks/results/[^`]+)`")
@@ -41,26 +45,29 @@ def occurs(number: str, text: str) -> bool:
     return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d]|\.\d)", text) is not None
 
 
-def result_tables() -> list[tuple[int, list[str], str]]:
-    return [table for table in readme_tables(README.read_text()) if MEASURED.search(table[1][0])]
+def result_tables(readme: Path) -> list[tuple[int, list[str], str]]:
+    return [table for table in readme_tables(readme.read_text()) if MEASURED.search(table[1][0])]
 
 
-def test_the_readme_has_result_tables() -> None:
-    assert len(result_tables()) >= 6
+@pytest.mark.parametrize(("readme", "at_least"), [(READMES[0], 3), (READMES[1], 6)], ids=["README", "benchmarks"])
+def test_the_readmes_have_result_tables(readme: Path, at_least: int) -> None:
+    assert len(result_tables(readme)) >= at_least
 
 
-def test_every_readme_result_table_cites_its_result_files() -> None:
-    for line, _, after in result_tables():
-        assert after.startswith("Source:"), f"README line {line}: a result table needs a 'Source:' line after it"
+@pytest.mark.parametrize("readme", READMES, ids=["README", "benchmarks"])
+def test_every_readme_result_table_cites_its_result_files(readme: Path) -> None:
+    for line, _, after in result_tables(readme):
+        assert after.startswith("Source:"), f"{readme.name} line {line}: a result table needs a 'Source:' line after it"
         paths = SOURCE.findall(after)
-        assert paths, f"README line {line}: the Source line names no benchmarks/results/ file"
+        assert paths, f"{readme.name} line {line}: the Source line names no benchmarks/results/ file"
         for path in paths:
-            assert (REPO / path).is_file(), f"README line {line}: {path} does not exist"
+            assert (REPO / path).is_file(), f"{readme.name} line {line}: {path} does not exist"
 
 
-def test_every_number_in_a_readme_result_table_occurs_in_its_source() -> None:
+@pytest.mark.parametrize("readme", READMES, ids=["README", "benchmarks"])
+def test_every_number_in_a_readme_result_table_occurs_in_its_source(readme: Path) -> None:
     missing = []
-    for line, table, after in result_tables():
+    for line, table, after in result_tables(readme):
         source = "\n".join((REPO / path).read_text() for path in SOURCE.findall(after) if (REPO / path).is_file())
         for offset, row in enumerate(table[2:], start=2):
             for cell in cells(row)[1:]:
