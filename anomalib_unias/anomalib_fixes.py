@@ -102,16 +102,17 @@ def _refuse_bad_unias_arguments(subcommand: str, config: Any) -> None:
     model = config.get("model") if hasattr(config, "get") else None
     if model is None or not _is_unias(model.get("class_path")):
         return
+    from .arguments import check_normalization  # noqa: PLC0415
     from .backbone import check_backbone_name  # noqa: PLC0415
     from .components.optimizer import OptimizerRecipe  # noqa: PLC0415
-    from .validation import check_normalization, check_tiling  # noqa: PLC0415
+    from .resolution import WorkingResolution  # noqa: PLC0415
 
     args = dict(vars(model.get("init_args")))
     try:
         check_backbone_name(str(args["backbone"]))
         Architecture.from_arguments(args)
         OptimizerRecipe(**{field.name: args[field.name] for field in fields(OptimizerRecipe)})
-        for check in (check_normalization, check_tiling):
+        for check in (check_normalization, WorkingResolution.of):
             check(**{key: args[key] for key in inspect.signature(check).parameters})
         if args.get("thresholds"):
             _check_thresholds_file(subcommand, args["thresholds"])

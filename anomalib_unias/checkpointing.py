@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .architecture import Architecture
-from .errors import UniASError
+from .errors import UniASArgumentError, UniASError
 
 RNG_STATES_KEY = "rng_states"
 LAST_CHECKPOINT = "last.ckpt"
@@ -118,3 +118,27 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+def _same(value: Any) -> Any:
+    """A setting in one comparable form (tuples and lists alike)."""
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def check_overrides(path: str | Path, overrides: dict[str, Any]) -> None:
+    """Refuse an unreadable checkpoint file, and ``overrides`` of settings it fixes (:data:`FIXED_BY_CHECKPOINT`).
+
+    Raises:
+        CheckpointFileError: the file is missing, empty, truncated or not a PyTorch checkpoint.
+        UniASArgumentError: an override differs from the checkpoint's value; it could not take effect.
+    """
+    check_checkpoint_file(path)
+    stored = read_hyper_parameters(path)
+    for name in FIXED_BY_CHECKPOINT:
+        if name in overrides and name in stored and _same(overrides[name]) != _same(stored[name]):
+            msg = (
+                f"UniAS.load_from_checkpoint: {name}={overrides[name]!r} cannot override the checkpoint's "
+                f"{_same(stored[name])!r}: its weights, pre-processor and tiling were built for that value. "
+                f"Load without {name}, or train a model with it."
+            )
+            raise UniASArgumentError(msg)

@@ -14,7 +14,7 @@ from that model the way anomalib does after its conversion:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +22,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import openvino as ov
+    from anomalib.data.datamodules.base.image import AnomalibDataModule
     from anomalib.models.components import AnomalibModule
 
 # NNCF and OpenVINO load only when a function here runs: the model imports this module for the names below.
@@ -35,6 +36,43 @@ INT8_VARIANTS = {
 """INT8 post-training quantisation variants of :func:`quantize_int8` and what each keeps in FP32."""
 Int8Variant = Literal[tuple(INT8_VARIANTS)]  # type: ignore[valid-type]
 """What UniAS's ``int8_variant`` may be: a key of :data:`INT8_VARIANTS`."""
+INT8_CALIBRATION_IMAGES = 300
+"""Calibration images for anomalib's ``INT8_PTQ`` (NNCF's default subset size)."""
+
+
+def calibration_images(datamodule: AnomalibDataModule | None, limit: int = INT8_CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """Up to ``limit`` training images of ``datamodule``, each ``(1, 3, H, W)``: what ``INT8_PTQ`` calibrates on.
+
+    Training images are normal ones (anomalib takes the validation set, which is the test set by default).
+
+    Raises:
+        ValueError: no data module (anomalib's ``export`` without ``--data``).
+    """
+    if datamodule is None:
+        msg = "INT8_PTQ needs a data module for calibration: add --data <datamodule> (e.g. --data UniASDemo)."
+        raise ValueError(msg)
+    datamodule.setup("fit")
+    images: list[np.ndarray] = []
+    for batch in datamodule.train_dataloader():
+        images += [image[None].numpy() for image in batch.image]
+        if len(images) >= limit:
+            break
+    return images[:limit]
+
+
+def write_torch_atomically(export: Callable[[str], Path], export_root: str | Path, model_file_name: str) -> Path:
+    """Run anomalib's Torch ``export(file name)`` under a temporary name and rename the file when complete.
+
+    An export that fails (e.g. on an object that cannot be pickled) leaves no partial ``.pt`` behind, and an
+    earlier export of the same name stays intact.
+    """
+    partial = f"{model_file_name}.partial"
+    try:
+        written = export(partial)
+    except BaseException:
+        (Path(export_root) / "weights" / "torch" / f"{partial}.pt").unlink(missing_ok=True)  # anomalib's layout
+        raise
+    return written.replace(written.with_name(f"{model_file_name}.pt"))
 
 
 def anomaly_map_ops(model: ov.Model) -> list[str]:

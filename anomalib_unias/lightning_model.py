@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,26 +39,19 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .architecture import Architecture, MapFusion
+from .arguments import check_normalization
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint
-from .checkpointing import (
-    FIXED_BY_CHECKPOINT,
-    RNG_STATES_KEY,
-    check_checkpoint_file,
-    read_hyper_parameters,
-    restore_rng_states,
-    rng_states,
-)
-from .components.optimizer import LearningRateSchedule, OptimizerRecipe
+from .checkpointing import RNG_STATES_KEY, check_overrides, restore_rng_states, rng_states
+from .components.optimizer import LearningRateSchedule, OptimizerRecipe, clip_gradient_norm
 from .errors import UniASArgumentError
-from .export import INT8_VARIANTS, Int8Variant, quantize_int8
+from .export import INT8_VARIANTS, Int8Variant, calibration_images, quantize_int8, write_torch_atomically
 from .fusion_selection import restore_fusion
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
-from .resolution import auto_tiling, distorted_images, image_sizes, resolution_advice, typical_size
+from .resolution import WorkingResolution, data_image_sizes, distorted_images, resolution_advice
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
-from .validation import check_normalization, check_tiling
 from .visualizer import UnifiedImageVisualizer
 
 if TYPE_CHECKING:
@@ -65,16 +59,6 @@ if TYPE_CHECKING:
     from anomalib.data.datamodules.base.image import AnomalibDataModule
 
 logger = logging.getLogger(__name__)
-
-RESOLUTION_SAMPLE = 2000
-"""Images per split whose size is read (headers only) for the resolution check."""
-INT8_CALIBRATION_IMAGES = 300
-"""Calibration images for ``INT8_PTQ`` (NNCF's default subset size)."""
-
-
-def _same(value: Any) -> Any:
-    """A setting in one comparable form (tuples and lists alike)."""
-    return list(value) if isinstance(value, tuple | list) else value
 
 
 class UniAS(AnomalibModule):
@@ -222,43 +206,42 @@ class UniAS(AnomalibModule):
             warmup_fraction=warmup_fraction,
             lr_floor=lr_floor,
         )
-        tiling = {"image_size": image_size, "tile_stride": tile_stride, "train_tiles": train_tiles}
-        image_size, _ = check_tiling(input_size=input_size, **tiling)
-        self._auto_tiling = tiling if tiling["image_size"] == "auto" else None  # resolved in setup()
-        if self._auto_tiling:
-            tiling = {"image_size": None, "tile_stride": None, "train_tiles": None}
+        resolution = WorkingResolution.of(
+            input_size=input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
+        )
+        if resolution.auto and pre_processor is not True:
+            msg = (
+                "UniAS argument image_size='auto' sets the resize of UniAS's own pre-processor, but a custom "
+                "pre_processor was given: give image_size as [height, width] matching its resize."
+            )
+            raise UniASArgumentError(msg)
         check_normalization(input_mean=input_mean, input_std=input_std)
         attached_thresholds = CategoryThresholds.from_json(thresholds) if thresholds else None
         frozen_backbone = create_backbone(backbone, pre_trained=pre_trained, weights=weights)
         backbone_mean, backbone_std = frozen_backbone.input_statistics
         input_mean = tuple(float(v) for v in (input_mean or backbone_mean))
         input_std = tuple(float(v) for v in (input_std or backbone_std))
-        self._default_pre_processor = pre_processor is True
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size, mean=input_mean, std=input_std)
+            pre_processor = self.configure_pre_processor(resolution.size, mean=input_mean, std=input_std)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
         )
         # The checkpoint keeps the statistics actually used, not "None": a later timm could name others.
         self.hparams.update(input_mean=input_mean, input_std=input_std)
-        self.model = UniASModel(
-            backbone=frozen_backbone,
-            architecture=architecture,
-            **tiling,
-        )
+        self.model = UniASModel(backbone=frozen_backbone, architecture=architecture, resolution=resolution)
         self.max_epochs = max_epochs
         if int8_variant not in INT8_VARIANTS:
             msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {list(INT8_VARIANTS)}."
             raise UniASArgumentError(msg)
         self.int8_variant = int8_variant
-        self._resolution_checked = False
+        self.data_image_sizes: list[tuple[int, int]] | None = None  # read once, by the first setup with data
         # The checkpoint keeps the thresholds themselves (in the post-processor), not the file's path.
         self.hparams.pop("thresholds", None)
         self._attached_thresholds = attached_thresholds
         if isinstance(self.post_processor, UniASPostProcessor):
             self.post_processor.category = category
             if self._attached_thresholds:
-                self.post_processor.use_thresholds(self._attached_thresholds)
+                self.post_processor.pin_thresholds(self._attached_thresholds)
 
     @classmethod
     def configure_pre_processor(
@@ -318,62 +301,35 @@ class UniAS(AnomalibModule):
             )
             raise UniASArgumentError(msg)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self._resolution_checked or datamodule is None:
+        if self.data_image_sizes is not None or datamodule is None:
             return
-        self._resolution_checked = True
-        paths = [
-            path
-            for split in ("train_data", "test_data")
-            if (samples := getattr(getattr(datamodule, split, None), "samples", None)) is not None
-            for path in samples.image_path[:RESOLUTION_SAMPLE]
-        ]
-        sizes = image_sizes(paths)
-        if self._auto_tiling:
-            if self._resolve_auto_image_size(sizes):
+        paths, sizes = data_image_sizes(datamodule)
+        self.data_image_sizes = sizes
+        resolution = self.model.resolution
+        if resolution.auto:
+            if self._use_resolution(resolution.resolve(sizes), sizes):
                 # anomalib copied the pre-processor's old resize into the datasets' augmentations; copy the new one.
                 datamodule.setup(stage)
-        elif advice := resolution_advice(sizes, self.model.image_size, self.model.input_size):
+        elif advice := resolution_advice(sizes, resolution.size, resolution.input_size):
             logger.warning(advice)
         if sizes and (distorted := distorted_images(paths, sizes, self.model.image_size)):
             logger.warning("UniAS: %s", distorted)
 
-    def _resolve_auto_image_size(self, sizes: list[tuple[int, int]]) -> bool:
-        """Set the working resolution from the data (``image_size="auto"``) in the model, pre-processor and hparams.
+    def _use_resolution(self, resolution: WorkingResolution, sizes: list[tuple[int, int]]) -> bool:
+        """Work at ``resolution`` (``"auto"`` resolved) in the model, the pre-processor and the stored hparams.
 
-        Returns whether it changed: ``False`` when the plain resize to ``input_size`` keeps the detail
+        Returns whether the resize changed: ``False`` when the plain resize to ``input_size`` keeps the detail
         (then no tiling, and ``train_tiles`` is not used).
         """
-        tiling, self._auto_tiling = self._auto_tiling, None
-        if not self._default_pre_processor:
-            msg = (
-                "UniAS argument image_size='auto' sets the resize of UniAS's own pre-processor, but a custom "
-                "pre_processor was given: give image_size as [height, width] matching its resize."
-            )
-            raise UniASArgumentError(msg)
-        stride = tiling["tile_stride"] or (self.model.tile_stride if self.model.tiler else None)
-        resolved, train_tiles = auto_tiling(sizes, self.model.input_size, stride, tiling["train_tiles"])
-        height, width = typical_size(sizes)
-        self.hparams["image_size"], self.hparams["train_tiles"] = list(resolved), train_tiles
-        if resolved == self.model.input_size:
-            shrink = max(height / resolved[0], width / resolved[1])
-            aspect = max((width / height) / (resolved[1] / resolved[0]), (height / width) / (resolved[0] / resolved[1]))
-            logger.info(
-                "UniAS image_size 'auto': the images are typically %d x %d; resizing them to input_size %s (at most "
-                "%.1fx smaller per axis, aspect ratio changed %.2fx) keeps the detail, so no tiling.",
-                height, width, list(resolved), shrink, aspect,
-            )  # fmt: skip
+        self.hparams["image_size"], self.hparams["train_tiles"] = list(resolution.size), resolution.train_tiles
+        self.model.use_resolution(resolution)
+        logger.info(resolution.describe(sizes))
+        if not resolution.tiled:
             return False
-        self.model.use_image_size(resolved, tile_stride=stride, train_tiles=train_tiles)
         (normalize,) = [t for t in self.pre_processor.transform.transforms if isinstance(t, Normalize)]
-        transform = self.configure_pre_processor(resolved, mean=normalize.mean, std=normalize.std).transform
+        transform = self.configure_pre_processor(resolution.size, mean=normalize.mean, std=normalize.std).transform
         self.pre_processor.transform = transform
         self.pre_processor.export_transform = get_exportable_transform(transform)
-        tiles = (resolved[0] // self.model.input_size[0]) * (resolved[1] // self.model.input_size[1])
-        logger.info(
-            "UniAS image_size 'auto': the images are typically %d x %d; working resolution %s (%s tiles of %s).",
-            height, width, list(resolved), tiles if self.model.tile_stride == self.model.input_size else "overlapping",
-            list(self.model.input_size),
-        )  # fmt: skip
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -390,18 +346,13 @@ class UniAS(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """When training resumes from ``checkpoint``, continue with the random numbers it stopped at.
 
-        An attached ``thresholds`` file wins over the thresholds stored in the checkpoint.  A ``map_fusion="auto"``
-        model fuses as the checkpoint's choice did (:func:`~anomalib_unias.fusion_selection.restore_fusion`).
+        A ``map_fusion="auto"`` model fuses as the checkpoint's choice did
+        (:func:`~anomalib_unias.fusion_selection.restore_fusion`); an attached ``thresholds`` file stays pinned
+        over the checkpoint's thresholds (:meth:`~anomalib_unias.post_processor.UniASPostProcessor.pin_thresholds`).
         """
         super().on_load_checkpoint(checkpoint)
         if self.model.head.architecture.fuses_automatically:
             restore_fusion(checkpoint, self.model.head.anomaly_map)
-        if self._attached_thresholds and isinstance(self.post_processor, UniASPostProcessor):
-            self.post_processor.use_thresholds(self._attached_thresholds)
-            state = checkpoint.get("state_dict", {})
-            for key, value in self.post_processor.state_dict(prefix="post_processor.").items():
-                if key in state:
-                    state[key] = value.clone()
         states = checkpoint.get(RNG_STATES_KEY)
         if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             restore_rng_states(states)
@@ -421,21 +372,11 @@ class UniAS(AnomalibModule):
         )
 
     def _post_training_quantization_ov(self, model: ov.Model, datamodule: AnomalibDataModule | None = None) -> ov.Model:
-        """Anomalib's ``INT8_PTQ``: NNCF post-training quantisation, here of the :attr:`int8_variant` kind.
+        """Anomalib's ``INT8_PTQ``: NNCF post-training quantisation of the :attr:`int8_variant` kind.
 
-        Calibrated on the data module's training images (normal images; anomalib takes the validation
-        set, which is the test set by default), at most 300 as NNCF's default subset.
+        Calibrated on the data module's training images (:func:`~anomalib_unias.export.calibration_images`).
         """
-        if datamodule is None:
-            msg = "INT8_PTQ needs a data module for calibration: add --data <datamodule> (e.g. --data UniASDemo)."
-            raise ValueError(msg)
-        datamodule.setup("fit")
-        images: list = []
-        for batch in datamodule.train_dataloader():
-            images += [image[None].numpy() for image in batch.image]
-            if len(images) >= INT8_CALIBRATION_IMAGES:
-                break
-        return quantize_int8(model, images[:INT8_CALIBRATION_IMAGES], variant=self.int8_variant)
+        return quantize_int8(model, calibration_images(datamodule), variant=self.int8_variant)
 
     def to_onnx(
         self,
@@ -449,18 +390,9 @@ class UniAS(AnomalibModule):
         return self._write_thresholds(super().to_onnx(export_root, model_file_name, input_size, **kwargs))
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
-        """Anomalib's Torch export, with ``thresholds.json`` beside the model.
-
-        The model is written under a temporary name and renamed when complete: an export that fails (e.g. on an
-        object that cannot be pickled) leaves no partial ``.pt`` behind, and an earlier export stays intact.
-        """
-        partial = f"{model_file_name}.partial"
-        try:
-            written = super().to_torch(export_root, partial)
-        except BaseException:
-            (Path(export_root) / "weights" / "torch" / f"{partial}.pt").unlink(missing_ok=True)  # anomalib's layout
-            raise
-        return self._write_thresholds(written.replace(written.with_name(f"{model_file_name}.pt")))
+        """Anomalib's Torch export, with ``thresholds.json`` beside the model; no partial file where it fails."""
+        written = write_torch_atomically(partial(super().to_torch, export_root), export_root, model_file_name)
+        return self._write_thresholds(written)
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's OpenVINO export, with ``thresholds.json`` beside the model."""
@@ -477,18 +409,10 @@ class UniAS(AnomalibModule):
         """Load a checkpoint without downloading backbone weights: the checkpoint already holds them.
 
         An empty, truncated or foreign file is refused first with a message that says what to do, and so is an
-        override of a setting the checkpoint fixes (:data:`FIXED_BY_CHECKPOINT`), which could not take effect.
+        override of a setting the checkpoint fixes, which could not take effect
+        (:func:`~anomalib_unias.checkpointing.check_overrides`).
         """
-        check_checkpoint_file(checkpoint_path)
-        stored = read_hyper_parameters(checkpoint_path)
-        for name in FIXED_BY_CHECKPOINT:
-            if name in kwargs and name in stored and _same(kwargs[name]) != _same(stored[name]):
-                msg = (
-                    f"UniAS.load_from_checkpoint: {name}={kwargs[name]!r} cannot override the checkpoint's "
-                    f"{_same(stored[name])!r}: its weights, pre-processor and tiling were built for that value. "
-                    f"Load without {name}, or train a model with it."
-                )
-                raise UniASArgumentError(msg)
+        check_overrides(checkpoint_path, kwargs)
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
@@ -527,9 +451,8 @@ class UniAS(AnomalibModule):
         """Clip the global L2 norm of all gradients (paper: 0.1), computed for all tensors at once (``foreach``)."""
         if gradient_clip_val is None or gradient_clip_algorithm not in (None, "norm"):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val, foreach=True)
+        else:
+            clip_gradient_norm(optimizer, gradient_clip_val)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class UniASPostProcessor(PostProcessor):
         self.category_thresholds: dict[str, list[float]] = {}  # category -> [image, pixel], on raw scores
         self._category_metrics: dict[str, tuple[F1AdaptiveThreshold, F1AdaptiveThreshold]] = {}
         self._warned: set[str] = set()
+        self.pinned: CategoryThresholds | None = None
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
@@ -154,6 +155,27 @@ class UniASPostProcessor(PostProcessor):
         self._image_threshold.fill_(thresholds.global_thresholds.image)
         self._pixel_threshold.fill_(thresholds.global_thresholds.pixel)
         self.category_thresholds = {name: [t.image, t.pixel] for name, t in thresholds.categories.items()}
+
+    def pin_thresholds(self, thresholds: CategoryThresholds) -> None:
+        """Use ``thresholds`` (an attached ``thresholds.json``) and keep them when a checkpoint is loaded after.
+
+        A checkpoint's own thresholds (its buffers and its per-category values) arrive after the model is built;
+        pinned thresholds win over them, so ``--model.thresholds`` with ``--ckpt_path`` labels with the file.
+        """
+        self.pinned = thresholds
+        self.use_thresholds(thresholds)
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Anomalib's settings and the per-category thresholds of a checkpoint, unless thresholds are pinned."""
+        super().load_checkpoint_config(config)
+        if self.pinned is not None:
+            self.use_thresholds(self.pinned)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """The checkpoint's buffers (thresholds, min/max), then the pinned thresholds over them, if any."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.pinned is not None:
+            self.use_thresholds(self.pinned)
 
     # ------------------------------------------------------------------------------------- applying
     def normalize_batch(self, batch: Batch) -> None:

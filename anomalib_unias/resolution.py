@@ -1,4 +1,9 @@
-"""Warn when the working resolution erases what the images show.
+"""The working resolution: the size images are worked at and the tiles it is cut into, decided here.
+
+:class:`WorkingResolution` is the record of UniAS's ``image_size``, ``tile_stride`` and ``train_tiles``: checked
+once where it is made (tiles of ``input_size`` must cover the working size exactly), ``"auto"`` kept as a state
+until :meth:`WorkingResolution.resolve` reads the data's image sizes (:func:`data_image_sizes`, the sample the
+model and the benchmarks read alike).
 
 UniAS (like every anomalib model) resizes each image to one working resolution.  When that shrinks an
 axis many times, or squashes a tall or wide image into a square, thin cracks and small pits become a
@@ -15,9 +20,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+
+from .architecture import QUERY_STRIDE
+from .errors import refuse
 
 MAX_SHRINK = 4.0
 """Largest per-axis shrink factor (image side / working side) accepted without a warning."""
@@ -35,6 +45,138 @@ it was run on (AITEX, and 500 x 1258 and 1130 x 460 sets).
 """
 AUTO_MAX_PIXELS = 1_500_000
 """``image_size="auto"`` works at no more than this many pixels (it scales down further where needed)."""
+SIZE_SAMPLE = 2000
+"""Images per split whose size is read (headers only) to resolve ``"auto"`` and check the resize."""
+
+
+MAX_TRAIN_TILES = 256
+"""Most random training tiles per image per step: a step holds ``train_batch_size x train_tiles`` tiles."""
+
+
+def _grid_edge(steps: int, tile: int, stride: int) -> int:
+    """The edge that one tile of ``tile`` and ``steps`` more at ``stride`` cover exactly (at least one tile)."""
+    return tile + max(0, steps) * stride
+
+
+def _nearest_covered(edge: int, tile: int, stride: int) -> list[int]:
+    """The edge lengths just below and above ``edge`` that tiles of ``tile`` at ``stride`` cover exactly."""
+    below = _grid_edge((edge - tile) // stride, tile, stride)
+    return sorted({below, below + stride} - {edge})
+
+
+def _check_train_tiles(train_tiles: object) -> None:
+    """``train_tiles`` is null or a whole number in [1, :data:`MAX_TRAIN_TILES`]."""
+    if train_tiles is None:
+        return
+    if isinstance(train_tiles, bool) or not isinstance(train_tiles, int):
+        refuse("train_tiles", train_tiles, "must be a whole number of tiles (or null: every grid tile)", "4")
+    if not 1 <= train_tiles <= MAX_TRAIN_TILES:
+        rule = (
+            f"must be in [1, {MAX_TRAIN_TILES}] random tiles per image per step (a step holds train_batch_size x "
+            "train_tiles tiles), or null"
+        )
+        refuse("train_tiles", train_tiles, rule, "4")
+
+
+def _check_stride_range(stride: Sequence[int], tile: Sequence[int]) -> None:
+    """Every stride in [1, tile], on every axis (also one that is a single tile long)."""
+    for axis, name in enumerate(("height", "width")):
+        if not 0 < stride[axis] <= tile[axis]:
+            refuse(
+                "tile_stride",
+                list(stride),
+                f"the {name} stride {stride[axis]} must be in [1, {tile[axis]}] (at most the tile's {name}: larger "
+                "strides skip pixels)",
+                f"{tile[axis]} (non-overlapping) or {tile[axis] // 2} (half-overlapping), if they cover the image",
+            )
+
+
+def _covering_strides(edge: int, tile: int) -> list[int]:
+    """Strides <= ``tile``, multiples of 16, whose tiles cover an edge of ``edge`` exactly, largest first."""
+    return [s for s in range(tile, 0, -QUERY_STRIDE) if (edge - tile) % s == 0]
+
+
+def _check_auto_tiling(
+    tile: tuple[int, ...], image_size: str, tile_stride: Sequence[int] | None, train_tiles: int | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """:func:`_check_tiling` for ``image_size="auto"``: what can be checked before the data is seen."""
+    if image_size != "auto":
+        refuse("image_size", image_size, "must be [height, width], 'auto' or null", "'auto'")
+    _check_train_tiles(train_tiles)
+    stride = tile if tile_stride is None else tuple(int(s) for s in tile_stride)
+    if len(stride) != 2:
+        refuse("tile_stride", tile_stride, "must be [height, width]", f"{list(tile)} (non-overlapping tiles)")
+    _check_stride_range(stride, tile)
+    return (tile[0], tile[1]), (stride[0], stride[1])
+
+
+def _check_tiling(
+    *,
+    input_size: Sequence[int],
+    image_size: Sequence[int] | str | None,
+    tile_stride: Sequence[int] | None,
+    train_tiles: int | None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check the tiling arguments; return ``(image_size, tile_stride)`` as ``(height, width)`` ints.
+
+    With tiling, ``input_size`` is the tile (the head is built for it) and ``image_size`` the working
+    resolution the pre-processor resizes to; tiles of ``input_size`` at ``tile_stride`` must cover it
+    exactly (no padded or interpolated border), so every pixel of the map comes from real image content.
+    ``image_size="auto"`` is resolved from the data later (:func:`auto_image_size` puts it on the tile
+    grid); here only the stride and ``train_tiles`` are checked, and ``input_size`` is returned as the image
+    size until then.
+
+    Raises:
+        UniASArgumentError: naming the argument, the values and values that work.
+    """
+    tile = tuple(int(v) for v in input_size)
+    if isinstance(image_size, str):
+        return _check_auto_tiling(tile, image_size, tile_stride, train_tiles)
+    image = tile if image_size is None else tuple(int(v) for v in image_size)
+    if len(image) != 2:
+        refuse("image_size", image_size, "must be [height, width]", f"{list(tile)} (= input_size: no tiling)")
+    if any(i < t for i, t in zip(image, tile, strict=True)):
+        refuse(
+            "image_size",
+            list(image),
+            f"is smaller than the tile input_size={list(tile)} on some axis (the head is built for the tile, "
+            "tiles are cut from the image)",
+            f"{[max(i, t) for i, t in zip(image, tile, strict=True)]}, or a smaller input_size",
+        )
+    stride = tile if tile_stride is None else tuple(int(v) for v in tile_stride)
+    if len(stride) != 2:
+        refuse("tile_stride", tile_stride, "must be [height, width]", f"{list(tile)} (non-overlapping tiles)")
+    _check_stride_range(stride, tile)
+    _check_train_tiles(train_tiles)
+    for axis, name in enumerate(("height", "width")):
+        edge, side, step = image[axis], tile[axis], stride[axis]
+        if (edge - side) % step == 0:
+            continue
+        if tile_stride is None:  # the stride is the tile's own: the image size is what is off the grid
+            refuse(
+                "image_size",
+                list(image),
+                f"the {name} {edge} is not covered exactly by tiles of input_size {name} {side} "
+                f"({(edge - side) % step} pixels would be padded)",
+                f"a {name} of {' or '.join(map(str, _nearest_covered(edge, side, step)))}, or 'auto'",
+            )
+        strides = _covering_strides(edge, side)
+        refuse(
+            "tile_stride",
+            list(stride),
+            f"tiles of {name} {side} at stride {step} do not cover the image {name} {edge} exactly "
+            f"({(edge - side) % step} pixels would be padded)",
+            f"image_size {name} {' or '.join(map(str, _nearest_covered(edge, side, step)))} with this stride"
+            + (f", or a {name} stride of {', '.join(map(str, strides[:3]))}" if strides else ""),
+        )
+    if train_tiles is not None and image == tile:
+        refuse(
+            "train_tiles",
+            train_tiles,
+            f"needs tiling: image_size (the working resolution) larger than the tile input_size={list(tile)}",
+            "null, or set image_size",
+        )
+    return (image[0], image[1]), (stride[0], stride[1])
 
 
 def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
@@ -50,7 +192,7 @@ def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
 def _round_to_tiles(edge: float, tile: int, stride: int | None = None) -> int:
     """The edge closest to ``edge`` that tiles of ``tile`` at ``stride`` (default: ``tile``) cover exactly."""
     stride = stride or tile
-    return tile + max(0, round((edge - tile) / stride)) * stride
+    return _grid_edge(round((edge - tile) / stride), tile, stride)
 
 
 def typical_size(sizes: Sequence[tuple[int, int]]) -> tuple[float, float]:
@@ -195,3 +337,111 @@ def resolution_advice(
         f"{tiles} per image; add train_tiles to bound a training step's cost), or choose an input_size closer to "
         "the images' shape (README, 'High-resolution and non-square images')."
     )
+
+
+def data_image_sizes(datamodule: Any) -> tuple[list[str], list[tuple[int, int]]]:
+    """The paths and ``(height, width)`` of the first :data:`SIZE_SAMPLE` images of each set-up split (headers only).
+
+    The training and test splits of an anomalib data module (those that are set up); what the model resolves
+    ``"auto"`` from, and what the benchmarks resolve it from.
+    """
+    paths = [
+        path
+        for split in ("train_data", "test_data")
+        if (samples := getattr(getattr(datamodule, split, None), "samples", None)) is not None
+        for path in samples.image_path[:SIZE_SAMPLE]
+    ]
+    return paths, image_sizes(paths)
+
+
+@dataclass(frozen=True)
+class WorkingResolution:
+    """The size images are resized to and the ``input_size`` tiles it is cut into; checked when made (:meth:`of`).
+
+    Attributes:
+        input_size: The model input ``(H, W)``: the tile, when the working size is larger.
+        image_size: The working size ``(H, W)``; ``None`` while ``"auto"`` waits for the data (:meth:`resolve`).
+        tile_stride: The step ``(H, W)`` between tiles.
+        train_tiles: Random training tiles per image per step; ``None`` = every grid tile.
+    """
+
+    input_size: tuple[int, int]
+    image_size: tuple[int, int] | None
+    tile_stride: tuple[int, int]
+    train_tiles: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        input_size: Sequence[int],
+        image_size: Sequence[int] | str | None = None,
+        tile_stride: Sequence[int] | None = None,
+        train_tiles: int | None = None,
+    ) -> WorkingResolution:
+        """The record of UniAS's arguments (``image_size`` ``None`` = ``input_size``, or ``"auto"``), checked.
+
+        Raises:
+            UniASArgumentError: naming the argument, the values and values that work (:func:`_check_tiling`).
+        """
+        image, stride = _check_tiling(
+            input_size=input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
+        )
+        tile = (int(input_size[0]), int(input_size[1]))
+        return cls(tile, None if image_size == "auto" else image, stride, train_tiles)
+
+    @property
+    def auto(self) -> bool:
+        """Whether the working size waits for the data (``image_size="auto"``)."""
+        return self.image_size is None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """What images are resized to now: the working size, or ``input_size`` until ``"auto"`` is resolved."""
+        return self.image_size or self.input_size
+
+    @property
+    def tiled(self) -> bool:
+        """Whether images are cut into tiles (the working size is larger than ``input_size``)."""
+        return self.size != self.input_size
+
+    def resolve(self, sizes: Sequence[tuple[int, int]]) -> WorkingResolution:
+        """The record with ``"auto"`` resolved for images of ``sizes`` (:func:`auto_tiling`); itself if not auto.
+
+        Raises:
+            ValueError: ``"auto"`` and ``sizes`` is empty.
+        """
+        if not self.auto:
+            return self
+        image_size, train_tiles = auto_tiling(sizes, self.input_size, self.tile_stride, self.train_tiles)
+        return WorkingResolution.of(
+            input_size=self.input_size, image_size=image_size, tile_stride=self.tile_stride, train_tiles=train_tiles
+        )
+
+    def with_stride(self, tile_stride: Sequence[int]) -> WorkingResolution:
+        """The same working size cut at ``tile_stride`` (e.g. anomalib's ``TilerConfigurationCallback``'s), checked."""
+        return WorkingResolution.of(
+            input_size=self.input_size,
+            image_size="auto" if self.auto else self.image_size,
+            tile_stride=tile_stride,
+            train_tiles=self.train_tiles,
+        )
+
+    def describe(self, sizes: Sequence[tuple[int, int]]) -> str:
+        """What ``"auto"`` resolved to for images of ``sizes``, for the log."""
+        height, width = typical_size(sizes)
+        if not self.tiled:
+            shrink = max(height / self.size[0], width / self.size[1])
+            target = self.size[1] / self.size[0]
+            aspect = max((width / height) / target, target / (width / height))
+            return (
+                f"UniAS image_size 'auto': the images are typically {round(height)} x {round(width)}; resizing them to "
+                f"input_size {list(self.size)} (at most {shrink:.1f}x smaller per axis, aspect ratio changed "
+                f"{aspect:.2f}x) keeps the detail, so no tiling."
+            )
+        tiles = (self.size[0] // self.input_size[0]) * (self.size[1] // self.input_size[1])
+        count = tiles if self.tile_stride == self.input_size else "overlapping"
+        return (
+            f"UniAS image_size 'auto': the images are typically {round(height)} x {round(width)}; working resolution "
+            f"{list(self.size)} ({count} tiles of {list(self.input_size)})."
+        )

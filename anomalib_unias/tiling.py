@@ -25,11 +25,12 @@ from anomalib.data.utils.tiler import Tiler
 from torch import nn
 
 from .errors import UniASArgumentError
-from .validation import check_tiling
 
 
-def check_tiler(tiler: Tiler, input_size: Sequence[int], image_size: Sequence[int]) -> tuple[int, int]:
-    """Refuse a tiler that does not fit a UniAS model built for ``input_size`` tiles of ``image_size`` images.
+def check_tiler(tiler: Tiler, input_size: Sequence[int]) -> tuple[int, int]:
+    """Refuse a tiler whose tiles a UniAS model built for ``input_size`` tiles cannot use; return its stride.
+
+    Whether its tiles cover the working size is the :class:`~anomalib_unias.resolution.WorkingResolution`'s check.
 
     Returns:
         The tiler's stride as ``(height, width)``.
@@ -52,9 +53,7 @@ def check_tiler(tiler: Tiler, input_size: Sequence[int], image_size: Sequence[in
             "the image border. Use 0, and overlapping tiles (a stride smaller than the tile) to average tile borders."
         )
         raise UniASArgumentError(msg)
-    stride = (tiler.stride_h, tiler.stride_w)
-    check_tiling(input_size=input_size, image_size=image_size, tile_stride=stride, train_tiles=None)
-    return stride
+    return tiler.stride_h, tiler.stride_w
 
 
 def pyramid_window(tile_size: Sequence[int]) -> torch.Tensor:
@@ -84,7 +83,7 @@ class TileGrid(nn.Module):
     Args:
         image_size: ``(H, W)`` of the images.
         tile_size: ``(h, w)`` of a tile.
-        stride: ``(H, W)`` step between tiles; the tiles must cover the image exactly (:func:`check_tiling`).
+        stride: ``(H, W)`` step between tiles; the tiles must cover the image exactly.
         blend: ``"pyramid"`` (UniAS) or ``"uniform"``.
     """
 

@@ -24,8 +24,8 @@ from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, 
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .loss import UniASLoss
+from .resolution import WorkingResolution
 from .tiling import TileGrid, Tiler, check_tiler, random_tiles
-from .validation import check_tiling
 
 
 @dataclass
@@ -116,8 +116,8 @@ class UniASHead(nn.Module):
 class UniASModel(nn.Module):
     """UniAS: a frozen backbone and the :class:`UniASHead`, optionally over tiles of a larger image.
 
-    With ``image_size`` larger than the architecture's ``input_size`` the model takes ``image_size``
-    images, cuts them into ``input_size`` tiles (:attr:`tiler`, anomalib's tiles cut and blended by
+    With a working size larger than the architecture's ``input_size`` the model takes images of that size,
+    cuts them into ``input_size`` tiles (:attr:`tiler`, anomalib's tiles cut and blended by
     :class:`~anomalib_unias.tiling.TileGrid`), and returns the untiled full-size map (:mod:`anomalib_unias.tiling`).
     anomalib's ``TilerConfigurationCallback`` may set :attr:`tiler` too; a tiler that does not fit is refused.
 
@@ -126,19 +126,16 @@ class UniASModel(nn.Module):
             at strides 2, 4, 8 and 16.
         architecture: Input size (with tiling: the tile), widths, depths, neighbourhood, jitter, loss and map
             fusion (paper values by default).
-        image_size: Size (H, W) of the images the model takes; ``None`` = ``input_size`` (no tiling).
-        tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).
-        train_tiles: Tiles per image per training step, cut at random positions; ``None`` = every grid tile.
+        resolution: The working size, its tiles and training tiles (:class:`~anomalib_unias.resolution.
+            WorkingResolution`); ``None`` = ``input_size``, no tiling.  Until an ``"auto"`` one is resolved the
+            model works at ``input_size``.
     """
 
     def __init__(
         self,
         backbone: FrozenBackbone,
         architecture: Architecture = PAPER_ARCHITECTURE,
-        *,
-        image_size: tuple[int, int] | None = None,
-        tile_stride: tuple[int, int] | None = None,
-        train_tiles: int | None = None,
+        resolution: WorkingResolution | None = None,
     ) -> None:
         super().__init__()
         strides = list(backbone.reductions)
@@ -152,28 +149,29 @@ class UniASModel(nn.Module):
         self.backbone = backbone
         self.head = UniASHead(feature_channels=backbone.channels, architecture=architecture)
         self.input_size = architecture.input_size
-        self._tiler: TileGrid | None = None
-        self.use_image_size(image_size or self.input_size, tile_stride=tile_stride, train_tiles=train_tiles)
+        self.use_resolution(resolution or WorkingResolution.of(input_size=self.input_size))
 
-    def use_image_size(
-        self, image_size: Sequence[int], tile_stride: Sequence[int] | None = None, train_tiles: int | None = None
-    ) -> None:
-        """Take ``image_size`` images from now on: tiles of ``input_size`` at ``tile_stride`` when larger.
-
-        ``tile_stride=None`` keeps the stride of the current tiler (e.g. one set by anomalib's
-        ``TilerConfigurationCallback``), else ``input_size``.
+    def use_resolution(self, resolution: WorkingResolution) -> None:
+        """Take images of ``resolution``'s working size from now on, cut into its tiles where it is larger.
 
         Raises:
-            UniASArgumentError: the tiles cannot cover ``image_size`` (see :func:`check_tiling`).
+            ValueError: ``resolution`` is for another ``input_size`` than the architecture's.
         """
-        if tile_stride is None and self._tiler is not None:
-            tile_stride = self.tile_stride
-        self.image_size, stride = check_tiling(
-            input_size=self.input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
-        )
-        self.train_tiles = train_tiles
-        tiled = self.image_size != self.input_size
-        self._tiler = TileGrid(self.image_size, self.input_size, stride) if tiled else None
+        if resolution.input_size != self.input_size:
+            msg = f"The resolution's tile {list(resolution.input_size)} is not input_size {list(self.input_size)}."
+            raise ValueError(msg)
+        self.resolution = resolution
+        self._tiler = TileGrid(resolution.size, self.input_size, resolution.tile_stride) if resolution.tiled else None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The size ``(H, W)`` of the images the model takes."""
+        return self.resolution.size
+
+    @property
+    def train_tiles(self) -> int | None:
+        """Random training tiles per image per step; ``None`` = every grid tile."""
+        return self.resolution.train_tiles
 
     @property
     def tiler(self) -> TileGrid | None:
@@ -192,7 +190,8 @@ class UniASModel(nn.Module):
         if tiler is None:
             self._tiler = None
             return
-        stride = check_tiler(tiler, self.input_size, self.image_size)
+        stride = check_tiler(tiler, self.input_size)
+        self.resolution = self.resolution.with_stride(stride)
         self._tiler = TileGrid(self.image_size, self.input_size, stride)
 
     @property

@@ -62,10 +62,9 @@ from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.backbone import FrozenBackbone, feature_network, install_bundled_weights
 from anomalib_unias.data import UnifiedFolder
-from anomalib_unias.lightning_model import RESOLUTION_SAMPLE
 from anomalib_unias.metrics import unias_evaluator
 from anomalib_unias.post_processor import UniASPostProcessor
-from anomalib_unias.resolution import auto_tiling, image_sizes
+from anomalib_unias.resolution import WorkingResolution, data_image_sizes
 
 DEFAULT_ROOT = data_root("mtd")
 MODELS = ("unias", "patchcore", "padim")
@@ -298,13 +297,16 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     # half of the test images only; the tests below restrict the test set to each half in turn.
     datamodule.setup(TrainerFn.FITTING)
     keep_half(datamodule.val_data, "select")
-    image_size = recipe["model"].get("image_size") or input_size
-    if image_size == "auto":  # resolved here, once, so that every model works at the same resolution
-        paths = list(datamodule.train_data.samples.image_path) + list(datamodule.test_data.samples.image_path)
-        sizes = image_sizes(paths[:RESOLUTION_SAMPLE])
-        image_size, train_tiles = auto_tiling(sizes, input_size, tile_stride, recipe["model"].get("train_tiles"))
-        recipe["model"]["image_size"], recipe["model"]["train_tiles"] = list(image_size), train_tiles
-    image_size = tuple(image_size)
+    resolution = WorkingResolution.of(
+        input_size=input_size,
+        image_size=recipe["model"].get("image_size"),
+        tile_stride=tile_stride,
+        train_tiles=recipe["model"].get("train_tiles"),
+    )
+    if resolution.auto:  # resolved here, once, as the model resolves it, so that every model works at one resolution
+        resolution = resolution.resolve(data_image_sizes(datamodule)[1])
+        recipe["model"]["image_size"], recipe["model"]["train_tiles"] = list(resolution.size), resolution.train_tiles
+    image_size = resolution.size
     # Every model gets the statistics its (Lite0) weights were trained with, and the same resize.
     mean, std = FrozenBackbone(feature_network(BASELINE_BACKBONE)).input_statistics
     common = {

@@ -163,6 +163,27 @@ def test_tilings_that_do_not_fit_are_refused_with_working_values(arguments: dict
         UniAS(**TINY_UNIAS, pre_trained=False, **arguments)
 
 
+def test_the_working_resolution_is_one_checked_record_and_auto_resolves_from_image_sizes() -> None:
+    from anomalib.pre_processing import PreProcessor
+
+    from anomalib_unias.resolution import WorkingResolution, auto_image_size
+
+    auto = WorkingResolution.of(input_size=TILE, image_size="auto", tile_stride=(64, 32), train_tiles=2)
+    assert auto.auto and auto.size == TILE and not auto.tiled  # the model works at input_size until resolved
+    strips = [(256, 1024)] * 3
+    resolved = auto.resolve(strips)
+    assert resolved.size == auto_image_size(strips, TILE, (64, 32)) == (128, 512)
+    assert (resolved.tiled, resolved.tile_stride, resolved.train_tiles) == (True, (64, 32), 2)
+    assert resolved.resolve([(70, 100)]) is resolved  # resolved once: other data does not move it
+    assert auto.resolve([(70, 100)]).train_tiles is None  # no tiling, no training tiles
+    # A stride set later (anomalib's TilerConfigurationCallback) is checked against the working size like the others.
+    with pytest.raises(UniASArgumentError, match=r"tile_stride=\[64, 48\]: tiles of width 64 at stride 48"):
+        resolved.with_stride((64, 48))
+    # image_size "auto" sets the resize of UniAS's own pre-processor: a custom one is refused before any work.
+    with pytest.raises(UniASArgumentError, match="image_size='auto' sets the resize of UniAS's own pre-processor"):
+        UniAS(**TINY_UNIAS, pre_trained=False, image_size="auto", pre_processor=PreProcessor())
+
+
 def _engine(tmp_path, **tiler: object) -> Engine:
     return Engine(
         max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,

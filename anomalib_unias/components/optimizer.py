@@ -107,3 +107,13 @@ class OptimizerRecipe:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def clip_gradient_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the global L2 norm of all of ``optimizer``'s gradients to ``max_norm`` (paper: 0.1), all tensors at once.
+
+    Lightning's own norm clipping gives the same result tensor by tensor; ``foreach`` computes the norms of all
+    gradients in one call.
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
