@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+"""Where the scripts write their result files (each script's ``--output`` default lies under it)."""
 DATA_ENV = "UNIAS_DATA"
 """Environment variable naming the folder of the real data sets (default: ``../shared/data`` beside the repo)."""
 
@@ -146,3 +149,8 @@ def commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown commit"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_stamp() -> str:
+    """When, at which commit and on which CPU a result was made: the header of every result file."""
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {cpu_name()}"

@@ -14,13 +14,12 @@ labels the pixels of all holdout images (map > threshold).  Rows are appended to
 from __future__ import annotations
 
 import argparse
-import datetime
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from _common import REPO, assign_halves, commit, cpu_name
+from _common import REPO, RESULTS, assign_halves, run_stamp
 from anomalib.data import ImageBatch
 from anomalib.metrics import F1AdaptiveThreshold
 from torchmetrics.functional.classification import binary_f1_score
@@ -28,8 +27,6 @@ from torchmetrics.functional.classification import binary_f1_score
 from anomalib_unias import UniAS
 from anomalib_unias.data import UnifiedFolder, generate_demo_dataset
 from anomalib_unias.layout import category_of
-
-RESULTS = REPO / "benchmarks" / "results"
 
 
 @torch.no_grad()
@@ -129,8 +126,7 @@ def write(rows: list[dict], output: Path, command: str) -> str:
             "test set, F1 on the holdout half)\n"
         )
         csv_path.write_text(",".join(keys) + "\n")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    section = [f"\n`{command}` ({stamp}, commit {commit()}, {cpu_name()})\n"]
+    section = [f"\n`{command}` ({run_stamp()})\n"]
     section += ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     section += ["| " + " | ".join(row) + " |" for row in cells]
     with markdown_path.open("a") as stream:

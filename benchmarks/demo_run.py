@@ -11,7 +11,6 @@ command, date, commit and CPU, to ``benchmarks/results/demo.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import resource
 import subprocess
@@ -19,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, commit, cpu_name
+from _common import REPO, RESULTS, run_stamp
 
 COMMAND = ["anomalib", "train", "--config", str(REPO / "configs" / "demo.yaml")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "demo.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "demo.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="unias_demo_") as work:
         start = time.perf_counter()
@@ -38,13 +37,12 @@ def main() -> None:
     table = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("|")]
     if not table:
         raise SystemExit("the demo printed no per-category table:\n" + result.stdout[-3000:])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
         [
             "# The embedded demo, as the README's first command runs it",
             "",
-            f"`anomalib train --config configs/demo.yaml` in an empty folder ({stamp}, commit {commit()}, "
-            f"{cpu_name()}, {os.cpu_count()} cores): {seconds:.0f} s in all (data generation, training, test), "
+            f"`anomalib train --config configs/demo.yaml` in an empty folder ({run_stamp()}, "
+            f"{os.cpu_count()} cores): {seconds:.0f} s in all (data generation, training, test), "
             f"peak RSS of the training process {peak_gb:.2f} GB. Written by `python benchmarks/demo_run.py`.",
             "",
             *table,

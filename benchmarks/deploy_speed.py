@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
 import shlex
@@ -39,9 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, commit, cpu_name, median_seconds, openvino_speed, peak_rss_mib, run_worker
+from _common import RESULTS, median_seconds, openvino_speed, peak_rss_mib, run_stamp, run_worker
 
-RESULTS_DIR = REPO / "benchmarks" / "results"
 TRAIN_BATCH_SIZE = 8
 BACKBONES = ("tf_efficientnet_b4", "tf_efficientnet_lite0")
 WIDTHS = {
@@ -178,13 +176,12 @@ def _reference_applies(row: dict) -> bool:
 
 
 def markdown_report(rows: list[dict], args: argparse.Namespace) -> str:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# UniAS deployment speed ({'quick smoke test, ' if args.quick else ''}{args.widths} widths)",
         "",
-        f"`{args.command}` ({stamp}, commit {commit()}).",
+        f"`{args.command}` ({run_stamp()}).",
         "",
-        f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} usable cores.  Threads: {args.threads}.  "
+        f"{len(os.sched_getaffinity(0))} usable cores.  Threads: {args.threads}.  "
         f"Images {args.image_size[0]} x {args.image_size[1]}"
         + (f", tiled into {args.size} x {args.size} tiles" if tuple(args.image_size) != (args.size, args.size) else "")
         + f"; random weights.  Reference code: {REFERENCE['machine']}, "
@@ -248,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration-images", type=int, default=None, help="INT8 calibration (default 16, --quick 4)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny widths at 64 x 64, Lite0 only")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "benchmarks/deploy_speed.py", *(sys.argv[1:] if argv is None else argv)])
     quick = args.quick

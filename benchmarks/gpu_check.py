@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from _common import REPO, data_root, median_seconds
+from _common import REPO, RESULTS, data_root, median_seconds
 
 MTD = data_root("mtd")
 
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mtd-steps", type=int, default=300)
     parser.add_argument("--skip-parity", action="store_true")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "gpu_check.md"))
+    parser.add_argument("--output", default=str(RESULTS / "gpu_check.md"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs an NVIDIA GPU (torch.cuda.is_available() is False).")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
 import sys
 import tempfile
@@ -46,8 +45,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import torch
-from _common import REPO as REPO_ROOT
-from _common import commit, cpu_name, data_root
+from _common import RESULTS, data_root, run_stamp
 from anomalib.engine import Engine
 from anomalib.metrics import AUPR
 from torchvision import tv_tensors
@@ -58,7 +56,6 @@ from anomalib_unias.export import INT8_VARIANTS, export_openvino_precisions
 from anomalib_unias.metrics import PaperDice, PerCategory
 
 DEFAULT_ROOT = data_root("mtd")
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 REFERENCE_RUNTIME = "pytorch"
 
 Predictor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # image (1,3,H,W) -> (map, label)
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "--precision-hints", nargs="+", default=["f32", "default"], choices=["f32", "default"],
         help="OpenVINO INFERENCE_PRECISION_HINT per model: f32, and/or the CPU plugin's default (bf16 where it can)",
     )  # fmt: skip
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--openvino-model", action="append", default=[], metavar="NAME=XML",
         help="also evaluate this exported OpenVINO model under NAME (repeatable)",
@@ -210,12 +207,11 @@ def main(argv: list[str] | None = None) -> None:
                 "s_per_image": result["s_per_image"],
             }
         )
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# UniAS deployed accuracy: {args.ckpt.name} on {args.root} ({len(test_indices)} test images)",
         "",
-        f"`python benchmarks/int8_accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` ({stamp}, "
-        f"commit {commit()}, {cpu_name()}, {args.threads} threads, one image at a time).",
+        f"`python benchmarks/int8_accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` ({run_stamp()}, "
+        f"{args.threads} threads, one image at a time).",
         "",
         "pAP and DSC in points (per-category macro mean); differences to PyTorch eager (`pytorch`); maps are the "
         "normalised anomaly maps in [0, 1) at model resolution; goal: INT8 loses at most 1 pAP point. Image "

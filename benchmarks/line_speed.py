@@ -35,11 +35,10 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, commit, cpu_name, median_seconds, openvino_speed, peak_rss_mib, run_worker
+from _common import RESULTS, median_seconds, openvino_speed, peak_rss_mib, run_stamp, run_worker
 
 BACKBONE = "tf_efficientnet_lite0"
 CPU_WIDTHS = {"pixel_dim": 64, "hidden_dim": 64, "ffn_dim": 256, "num_encoder_layers": 1, "neighbour_size": 5}
@@ -210,8 +209,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
     lines = [
         "# Line speed: UniAS (configs/cpu.yaml's model) against anomalib's PatchCore, both exported",
         "",
-        f"`{args.command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {seconds:.0f} s); CPU: "
-        f"{cpu_name()}, {len(os.sched_getaffinity(0))} usable cores, {args.threads} threads.  Random weights; "
+        f"`{args.command}` ({run_stamp()}; {seconds:.0f} s); "
+        f"{len(os.sched_getaffinity(0))} usable cores, {args.threads} threads.  Random weights; "
         "OpenVINO on its defaults (the hint column: what the CPU plugin ran in).",
         "",
         "| deployment | model | runtime | OV hint | batch | images/s | ms/image | x eager | peak RSS (MiB) |",
@@ -249,7 +248,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measure (default 8, --quick 2)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 repeats, 1 %% of the memory bank")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.command = shlex.join(["python", "benchmarks/line_speed.py", *sys.argv[1:]])
     args.repeats = args.repeats or (2 if args.quick else 8)

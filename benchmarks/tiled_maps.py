@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import HALVES, assign_halves, commit, cpu_name, data_root
+from _common import HALVES, assign_halves, data_root, run_stamp
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.nn import functional as F  # noqa: N812
 
@@ -144,7 +143,7 @@ def main() -> None:
         f"{' '.join(args.variants)}{' --native' if args.native else ''}"
         f"{f' --fusion {args.fusion}' if args.fusion else ''}"
         f"{' --levels ' + ' '.join(map(str, args.levels)) if args.levels else ''}`; "
-        f"{datetime.now(UTC):%Y-%m-%d}, commit {commit()}, {cpu_name()}.",
+        f"{run_stamp()}.",
         f"Model: image_size {list(model.model.image_size)}, tiles {list(model.model.input_size)}, map "
         f"{generator.fusion.name}; maps scored at "
         f"{SCORED_AT[args.native]}; values in %.",

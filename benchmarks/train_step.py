@@ -17,7 +17,6 @@ that changes the numerics, it is not an equal-maths variant.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 from _common import REPO as REPO_ROOT
-from _common import commit, cpu_name
+from _common import run_stamp
 
 
 def worker(config: dict) -> dict:
@@ -123,11 +122,10 @@ def main() -> None:
     trees = [args.compare_tree, REPO_ROOT] if args.compare_tree else [REPO_ROOT]
     results = [run_tree(tree, config) for tree in trees]
     setting = f"{args.backbone}, {args.size} x {args.size}, batch {args.batch}, {args.threads} threads"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# UniAS training step on CPU",
         "",
-        f"`python benchmarks/train_step.py {' '.join(sys.argv[1:])}` ({stamp}, commit {commit()}, {cpu_name()}).",
+        f"`python benchmarks/train_step.py {' '.join(sys.argv[1:])}` ({run_stamp()}).",
         "",
         f"{setting}, {widths or 'paper widths'}",
         "",
