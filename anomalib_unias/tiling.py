@@ -50,7 +50,7 @@ def check_tiler(tiler: Tiler, input_size: Sequence[int]) -> tuple[int, int]:
     if tiler.remove_border_count:
         msg = (
             f"Tiling remove_border_count={tiler.remove_border_count}: UniAS's untiled map would have no value near "
-            "the image border. Use 0, and overlapping tiles (a stride smaller than the tile) to average tile borders."
+            "the image border. Use 0, and overlapping tiles (a stride smaller than the tile) to blend tile borders."
         )
         raise UniASArgumentError(msg)
     return tiler.stride_h, tiler.stride_w

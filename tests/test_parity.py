@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_unias.checkpoint_converter import convert_reference_state_dict
+from anomalib_unias.reference_checkpoint import convert_reference_state_dict
 from anomalib_unias.torch_model import UniASHead
 
 from .reference_fixture import ALL_TENSORS_SHA256, FIXTURE_FILE, formula_head_state_dict, require_reference

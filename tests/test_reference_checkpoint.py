@@ -7,7 +7,7 @@ import re
 import torch
 
 from anomalib_unias.backbone import create_backbone
-from anomalib_unias.checkpoint_converter import convert_reference_state_dict, load_reference_checkpoint
+from anomalib_unias.reference_checkpoint import convert_reference_state_dict, load_reference_checkpoint
 from anomalib_unias.torch_model import UniASModel
 
 from .reference_fixture import full_rows, parse_shape, require_reference
