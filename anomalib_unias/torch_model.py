@@ -225,20 +225,26 @@ class UniASModel(nn.Module):
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
     @torch.no_grad()
-    def fused_maps(self, images: torch.Tensor, fusions: Sequence[Fusion]) -> list[torch.Tensor]:
+    def fused_maps(
+        self, images: torch.Tensor, fusions: Sequence[Fusion], tiler: TileGrid | None = None
+    ) -> list[torch.Tensor]:
         """The anomaly maps (B, 1, H, W) of ``images`` under each of ``fusions``, from one reconstruction.
 
         Each is made as the model's own map is (tiles fused, then untiled and blended), so a fusion's map
-        here equals the model's map once the map generator uses that fusion (NaN pixels stay NaN here).  Used
-        to choose the fusion (``map_fusion: auto``) and by the benchmarks to score every fusion of one model.
+        here equals the model's map once the map generator uses that fusion (NaN pixels stay NaN here).
+        ``tiler``: cut and blend with this grid of ``input_size`` tiles instead of the model's own (e.g. another
+        stride or blend); the model is not changed.  Used to choose the fusion (``map_fusion: auto``) and by the
+        benchmarks to score every fusion and tiling of one model.
         """
-        self._check_image_size(images)
+        if tiler is None:
+            self._check_image_size(images)
+            tiler = self._tiler
         generator = self.head.anomaly_map
-        tiles = self._tiler.tile(images) if self._tiler is not None else images
+        tiles = tiler.tile(images) if tiler is not None else images
         result = self.head.reconstruct(self.backbone(tiles))
         levels = generator.level_maps(result.reconstructions, result.targets)
         maps = [generator.fuse(levels, fusion) for fusion in fusions]
-        return [self._tiler.untile(fused) for fused in maps] if self._tiler is not None else maps
+        return [tiler.untile(fused) for fused in maps] if tiler is not None else maps
 
     def _check_image_size(self, images: torch.Tensor) -> None:
         if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:

@@ -43,21 +43,24 @@ SEAM_COLUMNS = 2
 
 
 @torch.no_grad()
-def tiled_map(model: UniAS, images: torch.Tensor, stride: int, blend: str, pad: int = 0) -> torch.Tensor:
-    """The fused map (B, 1, H, W) of ``images`` cut into the model's tiles at ``stride``, blended by ``blend``.
+def tiled_map(
+    model: UniAS, images: torch.Tensor, fusion: Fusion, stride: int, blend: str, pad: int = 0
+) -> torch.Tensor:
+    """The map (B, 1, H, W) of ``fusion`` for ``images`` cut into the model's tiles at ``stride``, blended by ``blend``.
 
     ``pad`` > 0 mirrors that many pixels of the image at every side before tiling and crops them off the map.
     """
     if pad:
         height, width = images.shape[-2:]
         padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-        return tiled_map(model, padded, stride, blend)[..., pad : pad + height, pad : pad + width]
-    torch_model = model.model
-    grid = TileGrid(images.shape[-2:], torch_model.input_size, (stride, stride), blend=blend).to(images.device)
-    return grid.untile(torch_model.head(torch_model.backbone(grid.tile(images))).anomaly_map)
+        return tiled_map(model, padded, fusion, stride, blend)[..., pad : pad + height, pad : pad + width]
+    grid = TileGrid(images.shape[-2:], model.model.input_size, (stride, stride), blend=blend).to(images.device)
+    return model.model.fused_maps(images, [fusion], tiler=grid)[0]
 
 
-def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, native: bool, pad: int = 0) -> dict:
+def score(
+    model: UniAS, datamodule: UnifiedFolder, fusion: Fusion, stride: int, blend: str, native: bool, pad: int = 0
+) -> dict:
     """Pixel AP and image AUROC per category and half, the seam ratio and the seconds taken, for one variant."""
     halves = assign_halves(list(datamodule.test_data.samples.image_path))
     pixels: dict[tuple[str, str], list] = {}
@@ -66,7 +69,7 @@ def score(model: UniAS, datamodule: UnifiedFolder, stride: int, blend: str, nati
     start = time.perf_counter()
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
-        anomaly_map = tiled_map(model, image, stride, blend, pad)
+        anomaly_map = tiled_map(model, image, fusion, stride, blend, pad)
         if native:
             anomaly_map = F.interpolate(anomaly_map, size=batch.image.shape[-2:], mode="bilinear")
             gt_mask = batch.gt_mask
@@ -125,17 +128,17 @@ def main() -> None:
     parser.add_argument("--output", help="write the table (.md) and the numbers (.json beside it)")
     args = parser.parse_args()
     model = UniAS.load_from_checkpoint(args.checkpoint).eval()
+    fusion = model.model.head.anomaly_map.fusion  # the model's own, or the one asked for (the model is not changed)
     if args.fusion:
         strides = [LEVEL_STRIDES[level] for level in args.levels] if args.levels else LEVEL_STRIDES
-        model.model.head.anomaly_map.use(Fusion(args.fusion, tuple(strides)))
+        fusion = Fusion(args.fusion, tuple(strides))
     datamodule = UnifiedFolder(root=args.root, eval_batch_size=args.eval_batch_size, num_workers=0)
     datamodule.setup()
     rows = {}
     for variant in args.variants:
         stride, blend, *pad = variant.split(":")
-        rows[variant] = score(model, datamodule, int(stride), blend, args.native, int(pad[0]) if pad else 0)
+        rows[variant] = score(model, datamodule, fusion, int(stride), blend, args.native, int(pad[0]) if pad else 0)
         print(variant, json.dumps(rows[variant]), flush=True)
-    generator = model.model.head.anomaly_map
     lines = [
         f"# Tiling variants of {args.checkpoint}",
         "",
@@ -145,7 +148,7 @@ def main() -> None:
         f"{' --levels ' + ' '.join(map(str, args.levels)) if args.levels else ''}`; "
         f"{run_stamp()}.",
         f"Model: image_size {list(model.model.image_size)}, tiles {list(model.model.input_size)}, map "
-        f"{generator.fusion.name}; maps scored at "
+        f"{fusion.name}; maps scored at "
         f"{SCORED_AT[args.native]}; values in %.",
         "",
         "| stride:blend | pAP select | pAP holdout | image AUROC select | image AUROC holdout | seam ratio | s |",

@@ -57,6 +57,20 @@ def test_non_overlapping_tiles_give_the_per_tile_maps_placed_in_the_canvas() -> 
 
 
 @pytest.mark.usefixtures("float64")
+def test_a_tiling_given_to_the_evaluation_call_equals_a_model_built_with_it_and_changes_nothing() -> None:
+    """``fused_maps(images, fusions, tiler)``: what the benchmarks score other tilings with, the model left as it was."""
+    model = _tiled(image_size=(64, 128))
+    overlapping = _tiled(image_size=(64, 128), tile_stride=(64, 32))  # the same weights (the same seed)
+    images = torch.rand(2, 3, 64, 128, dtype=torch.float64)
+    grid = TileGrid((64, 128), TILE, (64, 32)).double()
+    (fused,) = model.model.fused_maps(images, [model.model.head.anomaly_map.fusion], tiler=grid)
+    expected = overlapping.model(images).anomaly_map
+    assert (fused - expected).abs().max() <= 1e-9 * (expected.max() - expected.min())
+    assert model.model.tiler.stride == (64, 64)  # its own tiling is untouched
+    assert not torch.allclose(model.model(images).anomaly_map, expected)  # and differs from the one given
+
+
+@pytest.mark.usefixtures("float64")
 def test_overlapping_tiles_are_blended_by_the_pyramid_window() -> None:
     model = _tiled(image_size=(64, 128), tile_stride=(64, 32))
     images = torch.rand(1, 3, 64, 128, dtype=torch.float64)
