@@ -32,11 +32,9 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.pre_processing.utils.transform import get_exportable_transform
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .architecture import Architecture, MapFusion
 from .arguments import check_normalization
@@ -49,6 +47,7 @@ from .export import INT8_VARIANTS, Int8Variant, calibration_images, quantize_int
 from .fusion_selection import restore_fusion
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
+from .pre_processor import UniASPreProcessor
 from .resolution import WorkingResolution, data_image_sizes, distorted_images, resolution_advice
 from .thresholds import THRESHOLDS_FILE, CategoryThresholds
 from .torch_model import UniASModel
@@ -250,19 +249,11 @@ class UniAS(AnomalibModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> PreProcessor:
-        """Resize to the model input (default 224 x 224) and normalise with ``mean``/``std``.
+        """Resize to the model input (default 224 x 224, no antialias) and normalise with ``mean``/``std``.
 
-        ``UniAS`` passes the backbone's own statistics (ImageNet's for the paper's B4, the default here).
-
-        anomalib applies the same resize to the ground-truth masks, so metrics are computed at model
-        resolution as in the paper (docs/design.md §8).  The resize is not antialiased: the exported graph's resize
-        cannot be (ONNX/OpenVINO), and the same resize in training, ``anomalib test`` and deployment keeps
-        exported scores equal to the checkpoint's.
+        ``UniAS`` passes the backbone's own statistics (:class:`~anomalib_unias.pre_processor.UniASPreProcessor`).
         """
-        image_size = image_size or (224, 224)
-        return PreProcessor(
-            transform=Compose([Resize(image_size, antialias=False), Normalize(mean=list(mean), std=list(std))])
-        )
+        return UniASPreProcessor(image_size or (224, 224), mean=mean, std=std)
 
     def configure_post_processor(self) -> UniASPostProcessor:
         """Anomalib's thresholding with a strictly monotone normalisation, so ranks (pAP, AUROC) survive."""
@@ -326,10 +317,7 @@ class UniAS(AnomalibModule):
         logger.info(resolution.describe(sizes))
         if not resolution.tiled:
             return False
-        (normalize,) = [t for t in self.pre_processor.transform.transforms if isinstance(t, Normalize)]
-        transform = self.configure_pre_processor(resolution.size, mean=normalize.mean, std=normalize.std).transform
-        self.pre_processor.transform = transform
-        self.pre_processor.export_transform = get_exportable_transform(transform)
+        self.pre_processor.resize_to(resolution.size)  # UniAS's own: image_size "auto" refuses a custom one
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ def test_non_overlapping_tiles_give_the_per_tile_maps_placed_in_the_canvas() -> 
 
 @pytest.mark.usefixtures("float64")
 def test_a_tiling_given_to_the_evaluation_call_equals_a_model_built_with_it_and_changes_nothing() -> None:
-    """``fused_maps(images, fusions, tiler)``: what the benchmarks score other tilings with, the model left as it was."""
+    """``fused_maps(images, fusions, tiler)``: how the benchmarks score other tilings; the model is left as it was."""
     model = _tiled(image_size=(64, 128))
     overlapping = _tiled(image_size=(64, 128), tile_stride=(64, 32))  # the same weights (the same seed)
     images = torch.rand(2, 3, 64, 128, dtype=torch.float64)
