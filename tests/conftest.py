@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +44,33 @@ def run_process(
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+RESULT_PREFIX = "RESULT"
+"""A script run by :func:`run_scripts_concurrently` prints its result as one line: this, then JSON."""
+
+
+def run_scripts_concurrently(
+    runs: dict[str, tuple[list[str], dict[str, str]]], cwd: Path, timeout: int = 300
+) -> dict[str, Any]:
+    """Run each ``name: (python arguments, environment)`` in its own interpreter, all at once; their results.
+
+    A run passes when it exits 0 and prints a ``RESULT<json>`` line; its last such line is its result.
+    """
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, *arguments], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (arguments, env) in runs.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=timeout)
+        lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        assert process.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+        assert lines, f"{name} printed no result:\n{stdout[-3000:]}"
+        results[name] = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return results
 
 
 @pytest.fixture(scope="session")

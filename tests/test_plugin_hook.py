@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
+from .conftest import REPO as REPO_ROOT
+from .conftest import run_scripts_concurrently
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
 
 TOY_PACKAGE = {
     "__init__.py": """
@@ -171,25 +172,12 @@ def results(plugin_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     workdir = tmp_path_factory.mktemp("hook_runs")
     base_env = {k: v for k, v in os.environ.items() if k not in {"ANOMALIB_PLUGINS_DISABLE", "PYTHONPATH"}}
     base_env["PYTHONPATH"] = str(plugin_env)
-    processes = {}
-    for name, (extra_env, body) in SCENARIOS.items():
-        script = textwrap.dedent(PRELUDE) + textwrap.dedent(body) + "\nprint('RESULT' + json.dumps(result))\n"
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-c", script],
-            cwd=workdir,
-            env={**base_env, **extra_env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    outputs = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
-        assert process.returncode == 0, f"scenario {name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
-        assert lines, f"scenario {name} printed no result:\n{stdout[-3000:]}"
-        outputs[name] = json.loads(lines[-1].removeprefix("RESULT"))
-    return outputs
+    runs = {
+        name: (["-c", textwrap.dedent(PRELUDE) + textwrap.dedent(body) + "\nprint('RESULT' + json.dumps(result))\n"],
+               {**base_env, **extra_env})
+        for name, (extra_env, body) in SCENARIOS.items()
+    }  # fmt: skip
+    return run_scripts_concurrently(runs, cwd=workdir)
 
 
 def test_hook_costs_one_module_at_startup(results: dict[str, dict]) -> None:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -35,9 +32,11 @@ from anomalib_unias.backbone import (
 )
 from anomalib_unias.backbone.cli import main as weights_cli
 
+from .conftest import REPO as REPO_ROOT
+from .conftest import run_scripts_concurrently
+
 pytestmark = pytest.mark.slow  # spawns interpreters: left out by `pytest -m "not slow"`
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ESPRESSO = 967  # ImageNet class index
 
 
@@ -255,25 +254,10 @@ def hub_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         },
     }
     script = textwrap.dedent(HUB_SCRIPT)
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", script, str(saved), name],
-            env=env,
-            cwd=home,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, env in runs.items()
-    }
-    results = {}
     try:
-        for name, process in processes.items():
-            stdout, stderr = process.communicate(timeout=300)
-            lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
-            assert process.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
-            assert lines, f"{name} printed no result:\n{stdout[-3000:]}"
-            results[name] = json.loads(lines[-1].removeprefix("RESULT"))
+        results = run_scripts_concurrently(
+            {name: (["-c", script, str(saved), name], env) for name, env in runs.items()}, cwd=home
+        )
     finally:
         silent.close()
         for server in proxies.values():
