@@ -206,12 +206,15 @@ def _engine(tmp_path, **tiler: object) -> Engine:
 
 
 def test_anomalib_tiler_callback_trains_tests_checkpoints_and_exports(tmp_path, demo_root) -> None:
-    """anomalib's own ``TilerConfigurationCallback``: its stride is used, stored, restored and exported."""
+    """anomalib's own ``TilerConfigurationCallback``: its stride is used, stored, restored and exported.
+
+    Six overlapping tiles, two rows of three: the exported gathers cut and blend along both axes as eager does.
+    """
     from anomalib.deploy import OpenVINOInferencer
 
     seed_everything(0)
     datamodule = UniASDemo(root=demo_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
-    model = UniAS(**TINY_UNIAS, image_size=(64, 128), visualizer=False)
+    model = UniAS(**TINY_UNIAS, image_size=(128, 128), visualizer=False)
     engine = _engine(tmp_path, tile_size=64, stride=(64, 32))
     engine.fit(model=model, datamodule=datamodule)
     assert model.model.tile_stride == (64, 32)
@@ -220,7 +223,8 @@ def test_anomalib_tiler_callback_trains_tests_checkpoints_and_exports(tmp_path, 
     (checkpoint,) = tmp_path.rglob("model.ckpt")
     loaded = UniAS.load_from_checkpoint(checkpoint).eval()
     assert loaded.model.tile_stride == (64, 32)
-    assert loaded.model.image_size == (64, 128)
+    assert loaded.model.image_size == (128, 128)
+    assert loaded.model.tiler.count == 6
 
     xml = engine.export(model=loaded, export_type="openvino", export_root=tmp_path / "export")
     inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
@@ -228,7 +232,7 @@ def test_anomalib_tiler_callback_trains_tests_checkpoints_and_exports(tmp_path, 
     exported = inferencer.predict(image.numpy())
     with torch.no_grad():
         eager = loaded(image)
-    assert exported.anomaly_map.shape == (1, 1, 64, 128)
+    assert exported.anomaly_map.shape == (1, 1, 128, 128)
     span = float(eager.anomaly_map.max() - eager.anomaly_map.min())
     assert abs(exported.anomaly_map - eager.anomaly_map.numpy()).max() <= 1e-4 * span
     assert bool(exported.pred_label[0]) == bool(eager.pred_label[0])
