@@ -104,8 +104,8 @@ class UniAS(AnomalibModule):
             cosine distance ``1 - cos``.
         map_fusion: How the level maps are fused: ``"product"`` (paper) or ``"mean"``.  A product multiplies
             the noise of levels that have not learnt yet into the map; Dinomaly (CVPR 2025) fuses by the
-            mean.  ``"auto"``: before each validation, the product or mean of the run of levels (16; 16+8;
-            ...; 2) with the best pixel AP on the validation split, the paper's product where that split has
+            mean.  ``"auto"``: before each validation, the product or mean of the coarsest levels (16; 16+8;
+            16+8+4; 16+8+4+2) with the best pixel AP on the validation split, the paper's product where that split has
             no defect pixel (:mod:`anomalib_unias.fusion_selection`); logged and kept in the checkpoint.  Read
             at evaluation only: the weights serve every fusion.  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
