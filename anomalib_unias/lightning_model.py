@@ -134,8 +134,9 @@ class UniAS(AnomalibModule):
         int8_variant: What anomalib's ``INT8_PTQ`` export quantises (``anomalib export ... --compression_type
             INT8_PTQ``): ``"head-int8"`` quantises only the trained head and keeps the frozen backbone, the feature
             preparation and the map tail (cosine distances, fusion, normalisation) in FP32 (the backbone's taps are
-            the reconstruction targets: in INT8 they cost 2.8 pAP points on MTD with the mean-of-strides-16+8 map,
-            ``benchmarks/results/int8_accuracy.md``); ``"map-fp32"`` keeps only the map tail in FP32;
+            the reconstruction targets: in INT8 they cost 3.86 pAP points on MTD with the mean-of-strides-16+8 map,
+            ``benchmarks/results/deployed_accuracy_mtd/int8_accuracy.md``); ``"map-fp32"`` keeps only the map tail
+            in FP32;
             ``"anomalib"`` = NNCF's defaults on the whole graph; ``"matmul-fp32"`` keeps the attention/FFN matrix
             products in FP32.
         thresholds: A ``thresholds.json`` (:mod:`anomalib_unias.thresholds`; written by export, editable) to label
