@@ -105,9 +105,9 @@ class UniAS(AnomalibModule):
         map_fusion: How the level maps are fused: ``"product"`` (paper) or ``"mean"``.  A product multiplies
             the noise of levels that have not learnt yet into the map; Dinomaly (CVPR 2025) fuses by the
             mean.  ``"auto"``: before each validation, the product or mean of the coarsest levels (16; 16+8;
-            16+8+4; 16+8+4+2) with the best pixel AP on the validation split, the paper's product where that split has
-            no defect pixel (:mod:`anomalib_unias.fusion_selection`); logged and kept in the checkpoint.  Read
-            at evaluation only: the weights serve every fusion.  Not in the paper.
+            16+8+4; 16+8+4+2) with the best pixel AP on the validation split, the paper's product where that
+            split has no defect pixel (:mod:`anomalib_unias.fusion_selection`); logged and kept in the
+            checkpoint.  Read at evaluation only: the weights serve every fusion.  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
             four (paper), or chosen by ``map_fusion="auto"``.  Read at evaluation only.  Not in the paper.
         hard_mining: ``None`` = the paper's loss.  A share ``p`` (Dinomaly, CVPR 2025: 0.9) = Dinomaly's loose
@@ -136,9 +136,8 @@ class UniAS(AnomalibModule):
             preparation and the map tail (cosine distances, fusion, normalisation) in FP32 (the backbone's taps are
             the reconstruction targets: in INT8 they cost 3.86 pAP points on MTD with the mean-of-strides-16+8 map,
             ``benchmarks/results/deployed_accuracy_mtd/int8_accuracy.md``); ``"map-fp32"`` keeps only the map tail
-            in FP32;
-            ``"anomalib"`` = NNCF's defaults on the whole graph; ``"matmul-fp32"`` keeps the attention/FFN matrix
-            products in FP32.
+            in FP32; ``"anomalib"`` = NNCF's defaults on the whole graph; ``"matmul-fp32"`` keeps the attention/FFN
+            matrix products in FP32.
         thresholds: A ``thresholds.json`` (:mod:`anomalib_unias.thresholds`; written by export, editable) to label
             with instead of the thresholds fitted on validation, also over a checkpoint's; no retraining.
         category: The category of test/predict images whose path does not name one (e.g. ``anomalib predict``
@@ -234,7 +233,7 @@ class UniAS(AnomalibModule):
             msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {list(INT8_VARIANTS)}."
             raise UniASArgumentError(msg)
         self.int8_variant = int8_variant
-        self.data_image_sizes: list[tuple[int, int]] | None = None  # read once, by the first setup with data
+        self.data_sizes: list[tuple[int, int]] | None = None  # the data's image sizes, read by the first setup
         # The checkpoint keeps the thresholds themselves (in the post-processor), not the file's path.
         self.hparams.pop("thresholds", None)
         self._attached_thresholds = attached_thresholds
@@ -293,10 +292,10 @@ class UniAS(AnomalibModule):
             )
             raise UniASArgumentError(msg)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self.data_image_sizes is not None or datamodule is None:
+        if self.data_sizes is not None or datamodule is None:
             return
         paths, sizes = data_image_sizes(datamodule)
-        self.data_image_sizes = sizes
+        self.data_sizes = sizes
         resolution = self.model.resolution
         if resolution.auto:
             if self._use_resolution(resolution.resolve(sizes), sizes):
