@@ -42,6 +42,7 @@ from lightning.pytorch import seed_everything
 
 from .architecture import Architecture
 from .checkpointing import FIXED_BY_CHECKPOINT, read_hyper_parameters
+from .errors import UniASArgumentError
 
 
 def fix_cli(module: ModuleType) -> None:
@@ -135,7 +136,7 @@ def _check_thresholds_file(subcommand: str, path: str | Path) -> None:
             "export); training fits the thresholds on validation. Train without it, then pass it to anomalib "
             "test/predict/export with --ckpt_path."
         )
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     CategoryThresholds.from_json(path)
 
 

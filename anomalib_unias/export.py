@@ -1,4 +1,6 @@
-"""OpenVINO FP32, FP16 and INT8 models of a UniAS model from ONE export (used by ``benchmarks/``).
+"""Export: the model's export hooks (:class:`UniASExportMixin`) and its INT8 quantisation.
+
+The OpenVINO FP32, FP16 and INT8 models of a UniAS model can also come from ONE export (``benchmarks/``).
 
 anomalib's ``to_openvino`` re-runs the dynamo ONNX export (about a minute for a tiny model on two
 cores) for every compression type.  :func:`export_openvino_precisions` runs anomalib's ``to_openvino``
@@ -15,10 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from anomalib.models.components.base.export_mixin import ExportMixin
+
+from .errors import UniASArgumentError
+from .post_processor import UniASPostProcessor
+from .thresholds import THRESHOLDS_FILE
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -46,11 +54,11 @@ def calibration_images(datamodule: AnomalibDataModule | None, limit: int = INT8_
     Training images are normal ones (anomalib takes the validation set, which is the test set by default).
 
     Raises:
-        ValueError: no data module (anomalib's ``export`` without ``--data``).
+        UniASArgumentError: no data module (anomalib's ``export`` without ``--data``).
     """
     if datamodule is None:
         msg = "INT8_PTQ needs a data module for calibration: add --data <datamodule> (e.g. --data UniASDemo)."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     datamodule.setup("fit")
     images: list[np.ndarray] = []
     for batch in datamodule.train_dataloader():
@@ -66,13 +74,55 @@ def write_torch_atomically(export: Callable[[str], Path], export_root: str | Pat
     An export that fails (e.g. on an object that cannot be pickled) leaves no partial ``.pt`` behind, and an
     earlier export of the same name stays intact.
     """
-    partial = f"{model_file_name}.partial"
+    temporary = f"{model_file_name}.partial"
     try:
-        written = export(partial)
+        written = export(temporary)
     except BaseException:
-        (Path(export_root) / "weights" / "torch" / f"{partial}.pt").unlink(missing_ok=True)  # anomalib's layout
+        (Path(export_root) / "weights" / "torch" / f"{temporary}.pt").unlink(missing_ok=True)  # anomalib's layout
         raise
     return written.replace(written.with_name(f"{model_file_name}.pt"))
+
+
+class UniASExportMixin(ExportMixin):
+    """Anomalib's export hooks for UniAS: thresholds beside the model, opset 18, atomic Torch files, INT8 variants.
+
+    ``thresholds.json`` is written beside every exported model, ONNX defaults to opset 18, an export that fails
+    leaves no partial Torch file, and ``INT8_PTQ`` quantises as the model's ``int8_variant`` says.
+    :class:`~anomalib_unias.UniAS` lists it before ``AnomalibModule``, whose base holds anomalib's own mixin.
+    """
+
+    int8_variant: Int8Variant
+    post_processor: Any
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
+        kwargs.setdefault("opset_version", 18)
+        return self._write_thresholds(super().to_onnx(export_root, model_file_name, input_size, **kwargs))
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Anomalib's Torch export, with ``thresholds.json`` beside the model; no partial file where it fails."""
+        written = write_torch_atomically(partial(super().to_torch, export_root), export_root, model_file_name)
+        return self._write_thresholds(written)
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's OpenVINO export, with ``thresholds.json`` beside the model."""
+        return self._write_thresholds(super().to_openvino(*args, **kwargs))
+
+    def _post_training_quantization_ov(self, model: ov.Model, datamodule: AnomalibDataModule | None = None) -> ov.Model:
+        """Anomalib's ``INT8_PTQ``: :func:`quantize_int8` of the ``int8_variant`` kind on :func:`calibration_images`."""
+        return quantize_int8(model, calibration_images(datamodule), variant=self.int8_variant)
+
+    def _write_thresholds(self, model_path: Path) -> Path:
+        """Write the per-category thresholds beside an exported model (:mod:`anomalib_unias.thresholds`)."""
+        if isinstance(self.post_processor, UniASPostProcessor):
+            self.post_processor.thresholds().to_json(Path(model_path).parent / THRESHOLDS_FILE)
+        return model_path
 
 
 def anomaly_map_ops(model: ov.Model) -> list[str]:
@@ -83,13 +133,13 @@ def anomaly_map_ops(model: ov.Model) -> list[str]:
     product of the levels, the image score and the post-processor's normalisation and thresholding.
 
     Raises:
-        ValueError: the graph has no cosine similarity (not a UniAS model).
+        UniASArgumentError: the graph has no cosine similarity (not a UniAS model).
     """
     ops = model.get_ordered_ops()
     seeds = [op for op in ops if op.get_type_name() in {"ReduceL2", "ReduceSum"}]
     if not seeds:
         msg = "No cosine similarity (ReduceL2/ReduceSum) found in the graph; is this a UniAS export?"
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     names: set[str] = set()
     stack = list(seeds)
     stack += [
@@ -120,7 +170,7 @@ def backbone_ops(model: ov.Model) -> list[str]:
     preparation (the targets are its blurred taps).
 
     Raises:
-        ValueError: no such convolution in the graph (not a UniAS export).
+        UniASArgumentError: no such convolution in the graph (not a UniAS export).
     """
     ops = model.get_ordered_ops()
     seeds = [
@@ -132,7 +182,7 @@ def backbone_ops(model: ov.Model) -> list[str]:
     ]
     if not seeds:
         msg = "No pixel-decoder input convolution found in the graph; is this a UniAS export?"
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     names: set[str] = set()
     stack = [value.get_source_output().get_node() for op in seeds for value in op.inputs()]
     while stack:
@@ -157,10 +207,10 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], variant: str = 
 
     if variant not in INT8_VARIANTS:
         msg = f"Unknown INT8 variant {variant!r}; choose from {list(INT8_VARIANTS)}."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     if not images:
         msg = "INT8 quantisation needs at least one calibration image."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     kwargs: dict[str, Any] = {}
     if variant == "map-fp32":
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=anomaly_map_ops(model), validate=False)

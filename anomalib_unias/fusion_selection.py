@@ -33,6 +33,7 @@ import torch
 from torch import distributed
 
 from .anomaly_map import AnomalyMapGenerator, Fusion
+from .errors import UniASArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class FusionScores:
         bins = torch.stack([score_bins(m.reshape(m.shape[0], -1).cpu()) for m in maps])  # (F, B, P)
         if bins.shape[1:] != defect.shape:
             msg = f"fusion scores: maps of {list(maps[0].shape)} do not match masks of {list(masks.shape)}"
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         offsets = torch.arange(len(self.fusions)).view(-1, 1, 1) * (2 * BINS) + defect.long() * BINS
         keys = bins + offsets  # (F, B, P): fusion, defect or not, bin
         for category in dict.fromkeys(categories):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import UniASArgumentError
+
 TRAIN_FOLDER = "train"
 TEST_FOLDER = "test"
 NORMAL_FOLDER = "good"
@@ -49,4 +51,4 @@ def category_of(image_path: str | Path, default: str | None = None) -> str:
         f"Cannot tell the category of {image_path}: expected an MVTec-layout path "
         "<root>/<category>/<train|test>/<defect>/<file>."
     )
-    raise ValueError(msg)
+    raise UniASArgumentError(msg)

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from anomalib import LearningType
@@ -39,28 +38,24 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 from .architecture import Architecture, MapFusion
 from .arguments import check_normalization
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
-from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint
+from .callbacks import CategoryTableLogger, EpochProgressLine, FusionChoice, LastCheckpoint, WorkingResolutionFromData
 from .checkpointing import RNG_STATES_KEY, check_overrides, restore_rng_states, rng_states
 from .components.optimizer import LearningRateSchedule, OptimizerRecipe, clip_gradient_norm
-from .errors import UniASArgumentError
-from .export import INT8_VARIANTS, Int8Variant, calibration_images, quantize_int8, write_torch_atomically
+from .errors import UniASArgumentError, refuse
+from .export import INT8_VARIANTS, Int8Variant, UniASExportMixin
 from .fusion_selection import restore_fusion
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
 from .pre_processor import UniASPreProcessor
-from .resolution import WorkingResolution, data_image_sizes, distorted_images, resolution_advice
-from .thresholds import THRESHOLDS_FILE, CategoryThresholds
+from .resolution import WorkingResolution
+from .thresholds import CategoryThresholds
 from .torch_model import UniASModel
 from .visualizer import UnifiedImageVisualizer
-
-if TYPE_CHECKING:
-    import openvino as ov
-    from anomalib.data.datamodules.base.image import AnomalibDataModule
 
 logger = logging.getLogger(__name__)
 
 
-class UniAS(AnomalibModule):
+class UniAS(UniASExportMixin, AnomalibModule):
     """UniAS: unified anomaly segmentation by multi-level hybrid feature reconstruction.
 
     Args:
@@ -70,21 +65,13 @@ class UniAS(AnomalibModule):
         weights: Optional local backbone weights file (overrides the download).
         input_size: Model input (H, W), multiples of 16 (paper: 224 x 224); the query grid is
             input_size / 16.  With tiling (``image_size`` larger), the tile.
-        image_size: Working resolution (H, W) the pre-processor resizes images to; ``None`` =
-            ``input_size``.  When larger than ``input_size``, every image is cut into ``input_size`` tiles
-            (anomalib's ``Tiler``; ``TilerConfigurationCallback`` sets the same), whose maps are untiled into
-            the full map (README, "High-resolution and non-square images").  ``"auto"``: ``input_size`` (no tiling)
-            where resizing the data's typical image to it keeps the detail (at most 4x shrink per axis, 2x
-            aspect change), else the data's typical image size on the tile grid (at most 1.5 Mpixel);
-            resolved when fit/test/predict starts and stored in the checkpoint.  Not in the paper.
-        tile_stride: Stride (H, W) between tiles; ``None`` = ``input_size`` (non-overlapping).  Tiles must
-            cover ``image_size`` exactly; overlapping maps are blended by a pyramid window.
-        train_tiles: Training tiles per image per step, cut at random positions of the ``image_size``
-            image; ``None`` = every grid tile.  A step then costs ``train_tiles`` tiles per image whatever
-            the resolution.
-        input_mean: RGB mean the pre-processor normalises with; ``None`` = the statistics the backbone's
-            weights were trained with (timm's ``pretrained_cfg``: ImageNet's for B4, 0.5 for the
-            EfficientNet-Lite ports).  The resolved values are stored in the checkpoint.
+        image_size: Working resolution (H, W) the pre-processor resizes images to; ``None`` = ``input_size``.
+            Larger: cut into ``input_size`` tiles whose maps are blended into the full map (anomalib's ``Tiler``).
+            ``"auto"``: read from the data when a run starts (:mod:`~anomalib_unias.resolution`).  Not in the paper.
+        tile_stride: Stride (H, W) between tiles, which must cover ``image_size``; ``None`` = ``input_size``.
+        train_tiles: Training tiles per image per step, at random positions; ``None`` = every grid tile.
+        input_mean: RGB mean the pre-processor normalises with; ``None`` = the backbone weights' own (timm's
+            ``pretrained_cfg``: ImageNet's for B4, 0.5 for EfficientNet-Lite), stored in the checkpoint.
         input_std: RGB standard deviation, as ``input_mean``.
         pixel_dim: Pixel-decoder width (paper: 256).
         hidden_dim: Query width (paper: 256).
@@ -92,56 +79,42 @@ class UniAS(AnomalibModule):
         ffn_dim: FFN width (paper: 2048).
         num_encoder_layers: Pixel-decoder transformer encoder depth (paper: 3).
         neighbour_size: Side of the neighbourhood each query may not attend to (paper: 7).
-        levels: Backbone strides of the levels reconstructed, coarsest first (paper: ``[16, 8, 4, 2]``).
-            ``[16, 8]`` leaves out the two finest levels, which cost about three quarters of the head's compute at
-            the paper's widths: the same training time at twice the resolution.  Not in the paper's recipe (the
-            reference configures its tapped levels).
+        levels: Backbone strides of the levels reconstructed, coarsest first (paper: ``[16, 8, 4, 2]``); fewer
+            levels cost less per step (the reference configures its tapped levels).
         dropout: Transformer dropout (paper: 0.1).
         jitter_scale: Feature-jitter scale (paper: 20).
         jitter_prob: Per-level feature-jitter probability (paper: 0.5).
         loss_weight: Reconstruction loss weight (paper: 10 on MVTec AD, 1 on VisA).
         legacy_cos_sign: Add ``+cos`` to the loss as the reference code does, instead of the paper's
             cosine distance ``1 - cos``.
-        map_fusion: How the level maps are fused: ``"product"`` (paper) or ``"mean"``.  A product multiplies
-            the noise of levels that have not learnt yet into the map; Dinomaly (CVPR 2025) fuses by the
-            mean.  ``"auto"``: before each validation, the product or mean of the coarsest levels (16; 16+8;
-            16+8+4; 16+8+4+2) with the best pixel AP on the validation split, the paper's product where that
-            split has no defect pixel (:mod:`anomalib_unias.fusion_selection`); logged and kept in the
-            checkpoint.  Read at evaluation only: the weights serve every fusion.  Not in the paper.
+        map_fusion: How the level maps are fused: ``"product"`` (paper), ``"mean"`` (Dinomaly, CVPR 2025) or
+            ``"auto"``: the best on the validation split (:mod:`~anomalib_unias.fusion_selection`).  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
-            four (paper), or chosen by ``map_fusion="auto"``.  Read at evaluation only.  Not in the paper.
-        hard_mining: ``None`` = the paper's loss.  A share ``p`` (Dinomaly, CVPR 2025: 0.9) = Dinomaly's loose
-            loss with hard mining: per level the cosine distance of the whole flattened reconstruction, the
-            gradient of the easiest ``p`` of the pixels scaled by 0.1, ``p`` ramped up over
-            ``hard_mining_warmup`` steps.  Not in the paper.
+            (paper), or chosen by ``map_fusion="auto"``.  Read at evaluation only.  Not in the paper.
+        hard_mining: ``None`` = the paper's loss; a share ``p`` (Dinomaly: 0.9) = Dinomaly's loose loss with hard
+            mining (:mod:`~anomalib_unias.loss`).  Not in the paper.
         hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
         learning_rate: AdamW learning rate (paper: 1e-4).
         weight_decay: AdamW weight decay on every trainable parameter (paper: 1e-4).
         betas: AdamW's moment decay rates (paper: (0.9, 0.999)).  RD4AD trains with (0.5, 0.999), InvAD with
             (0, 0.99) (:mod:`~anomalib_unias.components.optimizer`).
-        lr_schedule: ``"step"`` = the paper's StepLR, stepped once per epoch; ``"cosine"`` = linear
-            warm-up over ``warmup_fraction`` of all training steps, then a cosine decay to 0, stepped
-            per batch.  The paper's step at epoch 400 never fires in a short run; a cosine schedule
-            spends a short budget (tens of epochs) better.  Not in the paper.
+        lr_schedule: ``"step"`` = the paper's StepLR per epoch; ``"cosine"`` = linear warm-up over
+            ``warmup_fraction`` of the steps, then cosine decay per batch (for short budgets).  Not in the paper.
         lr_step_epochs: StepLR period in epochs (paper: 400).
         lr_gamma: StepLR factor (paper: 0.1).
         warmup_fraction: Share of the training steps spent warming up with ``lr_schedule="cosine"``.
         lr_floor: Where the cosine decay ends, as a share of ``learning_rate`` (0: at 0; Dinomaly, CVPR 2025:
             2e-3 to 2e-4, i.e. 0.1).  Not in the paper.
-        max_epochs: Leave ``None`` and set the trainer's ``max_epochs`` (YAML ``trainer:`` section or
-            ``--trainer.max_epochs``).  Set it only where no trainer section exists, as in
-            ``anomalib benchmark`` configs: it then overrides the trainer's value.
-        int8_variant: What anomalib's ``INT8_PTQ`` export quantises (``anomalib export ... --compression_type
-            INT8_PTQ``): ``"head-int8"`` quantises only the trained head and keeps the frozen backbone, the feature
-            preparation and the map tail (cosine distances, fusion, normalisation) in FP32 (the backbone's taps are
-            the reconstruction targets: in INT8 they cost 3.86 pAP points on MTD with the mean-of-strides-16+8 map,
-            ``benchmarks/results/deployed_accuracy_mtd/int8_accuracy.md``); ``"map-fp32"`` keeps only the map tail
-            in FP32; ``"anomalib"`` = NNCF's defaults on the whole graph; ``"matmul-fp32"`` keeps the attention/FFN
-            matrix products in FP32.
-        thresholds: A ``thresholds.json`` (:mod:`anomalib_unias.thresholds`; written by export, editable) to label
-            with instead of the thresholds fitted on validation, also over a checkpoint's; no retraining.
-        category: The category of test/predict images whose path does not name one (e.g. ``anomalib predict``
-            on a plain folder), for the per-category thresholds; ``None``: such images use the global ones.
+        max_epochs: Leave ``None`` and set the trainer's; set it only where no trainer section exists
+            (``anomalib benchmark`` configs): it then overrides the trainer's value.
+        int8_variant: What ``anomalib export --compression_type INT8_PTQ`` quantises
+            (:data:`~anomalib_unias.export.INT8_VARIANTS`): ``"head-int8"`` only the trained head (the backbone's
+            taps are the reconstruction targets: in INT8 they cost 3.86 pAP on MTD,
+            ``benchmarks/results/deployed_accuracy_mtd/int8_accuracy.md``); ``"anomalib"``: NNCF's defaults.
+        thresholds: A ``thresholds.json`` (:mod:`~anomalib_unias.thresholds`; written by export, editable) to
+            label with instead of the fitted thresholds, also over a checkpoint's; no retraining.
+        category: The category of test/predict images whose path names none, for the per-category thresholds;
+            ``None``: such images use the global ones.
         pre_processor: Pre-processor, or ``True`` for resize to ``input_size`` + normalisation with
             ``input_mean``/``input_std``.
         post_processor: Post-processor, or ``True`` for the default.
@@ -230,8 +203,7 @@ class UniAS(AnomalibModule):
         self.model = UniASModel(backbone=frozen_backbone, architecture=architecture, resolution=resolution)
         self.max_epochs = max_epochs
         if int8_variant not in INT8_VARIANTS:
-            msg = f"UniAS argument int8_variant={int8_variant!r}: must be one of {list(INT8_VARIANTS)}."
-            raise UniASArgumentError(msg)
+            refuse("int8_variant", int8_variant, f"must be one of {list(INT8_VARIANTS)}", "'head-int8'")
         self.int8_variant = int8_variant
         self.data_sizes: list[tuple[int, int]] | None = None  # the data's image sizes, read by the first setup
         # The checkpoint keeps the thresholds themselves (in the post-processor), not the file's path.
@@ -270,20 +242,24 @@ class UniAS(AnomalibModule):
         return UnifiedImageVisualizer()
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's component callbacks, ``last.ckpt`` and a progress line every epoch, the table after testing.
+        """Anomalib's component callbacks and UniAS's (:mod:`anomalib_unias.callbacks`).
 
-        With ``map_fusion="auto"``, :class:`~anomalib_unias.callbacks.FusionChoice` chooses the map before validation.
+        The working resolution from the data, ``last.ckpt`` and a progress line every epoch, the map's fusion
+        before validation (``map_fusion="auto"``), the per-category table after testing.
         """
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, LastCheckpoint(), EpochProgressLine(), FusionChoice(), CategoryTableLogger()]
+        return [
+            *callbacks,
+            WorkingResolutionFromData(),
+            LastCheckpoint(),
+            EpochProgressLine(),
+            FusionChoice(),
+            CategoryTableLogger(),
+        ]
 
     def setup(self, stage: str) -> None:
-        """Once per model: resolve ``image_size="auto"`` from the data, or warn if the resolution erases detail.
-
-        Reads the image headers of the data module's samples (no decoding); see
-        :mod:`anomalib_unias.resolution`.
-        """
+        """Refuse a thresholds file for training (the image sizes are read by :class:`WorkingResolutionFromData`)."""
         if stage == "fit" and self._attached_thresholds:
             msg = (
                 "UniAS argument thresholds: a thresholds file labels a trained model (test, predict, export); "
@@ -291,34 +267,6 @@ class UniAS(AnomalibModule):
                 "to the checkpoint (--model.thresholds with anomalib test/predict/export)."
             )
             raise UniASArgumentError(msg)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self.data_sizes is not None or datamodule is None:
-            return
-        paths, sizes = data_image_sizes(datamodule)
-        self.data_sizes = sizes
-        resolution = self.model.resolution
-        if resolution.auto:
-            if self._use_resolution(resolution.resolve(sizes), sizes):
-                # anomalib copied the pre-processor's old resize into the datasets' augmentations; copy the new one.
-                datamodule.setup(stage)
-        elif advice := resolution_advice(sizes, resolution.size, resolution.input_size):
-            logger.warning(advice)
-        if sizes and (distorted := distorted_images(paths, sizes, self.model.image_size)):
-            logger.warning("UniAS: %s", distorted)
-
-    def _use_resolution(self, resolution: WorkingResolution, sizes: list[tuple[int, int]]) -> bool:
-        """Work at ``resolution`` (``"auto"`` resolved) in the model, the pre-processor and the stored hparams.
-
-        Returns whether the resize changed: ``False`` when the plain resize to ``input_size`` keeps the detail
-        (then no tiling, and ``train_tiles`` is not used).
-        """
-        self.hparams["image_size"], self.hparams["train_tiles"] = list(resolution.size), resolution.train_tiles
-        self.model.use_resolution(resolution)
-        logger.info(resolution.describe(sizes))
-        if not resolution.tiled:
-            return False
-        self.pre_processor.resize_to(resolution.size)  # UniAS's own: image_size "auto" refuses a custom one
-        return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Anomalib's checkpoint content plus the random-generator states (for an exact resume).
@@ -358,39 +306,6 @@ class UniAS(AnomalibModule):
             pred_score=torch.where(non_finite, torch.ones_like(output.pred_score), output.pred_score),
             pred_label=torch.where(non_finite, torch.ones_like(output.pred_label), output.pred_label),
         )
-
-    def _post_training_quantization_ov(self, model: ov.Model, datamodule: AnomalibDataModule | None = None) -> ov.Model:
-        """Anomalib's ``INT8_PTQ``: NNCF post-training quantisation of the :attr:`int8_variant` kind.
-
-        Calibrated on the data module's training images (:func:`~anomalib_unias.export.calibration_images`).
-        """
-        return quantize_int8(model, calibration_images(datamodule), variant=self.int8_variant)
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Anomalib's ONNX export with opset 18 by default (older opsets go through a failing converter)."""
-        kwargs.setdefault("opset_version", 18)
-        return self._write_thresholds(super().to_onnx(export_root, model_file_name, input_size, **kwargs))
-
-    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
-        """Anomalib's Torch export, with ``thresholds.json`` beside the model; no partial file where it fails."""
-        written = write_torch_atomically(partial(super().to_torch, export_root), export_root, model_file_name)
-        return self._write_thresholds(written)
-
-    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
-        """Anomalib's OpenVINO export, with ``thresholds.json`` beside the model."""
-        return self._write_thresholds(super().to_openvino(*args, **kwargs))
-
-    def _write_thresholds(self, model_path: Path) -> Path:
-        """Write the per-category thresholds beside an exported model (:mod:`anomalib_unias.thresholds`)."""
-        if isinstance(self.post_processor, UniASPostProcessor):
-            self.post_processor.thresholds().to_json(Path(model_path).parent / THRESHOLDS_FILE)
-        return model_path
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> UniAS:  # type: ignore[override]

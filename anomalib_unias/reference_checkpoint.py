@@ -25,6 +25,7 @@ import torch
 from .backbone.frozen import feature_network
 from .backbone.lukemelas import CheckpointConversionError, block_index, convert_key, stage_depths
 from .backbone.state_dict import unwrap_state_dict
+from .errors import UniASRuntimeError
 
 REFERENCE_BACKBONE = "tf_efficientnet_b4"
 
@@ -173,5 +174,5 @@ def load_reference_checkpoint(model: torch.nn.Module, path: str | Path) -> list[
             f"unexpected {unexpected[:5]}. Build the model with the reference settings (224x224 input, "
             "tf_efficientnet_b4, paper widths)."
         )
-        raise RuntimeError(msg)
+        raise UniASRuntimeError(msg)
     return dropped

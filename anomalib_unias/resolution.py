@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from .architecture import QUERY_STRIDE
-from .errors import refuse
+from .errors import UniASArgumentError, refuse
 
 MAX_SHRINK = 4.0
 """Largest per-axis shrink factor (image side / working side) accepted without a warning."""
@@ -257,11 +257,11 @@ def tile_grid_size(
     cover exactly (at least one tile).
 
     Raises:
-        ValueError: ``sizes`` is empty (no image to read the size from).
+        UniASArgumentError: ``sizes`` is empty (no image to read the size from).
     """
     if not sizes:
         msg = "UniAS image_size='auto' reads the data's image sizes, but the data module has no images."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     height, width = typical_size(sizes)
     # Half the size, but at least one tile on each axis (small, long images are enlarged, their aspect kept), and
     # at most AUTO_MAX_PIXELS.
@@ -285,7 +285,7 @@ def auto_image_size(
     500 x 1258 images at 256 x 640).
 
     Raises:
-        ValueError: ``sizes`` is empty (no image to read the size from).
+        UniASArgumentError: ``sizes`` is empty (no image to read the size from).
     """
     if sizes and resize_loss(sizes, input_size) is None:
         return int(input_size[0]), int(input_size[1])
@@ -304,7 +304,7 @@ def auto_tiling(
     resize to ``input_size`` (no tiles to draw).
 
     Raises:
-        ValueError: ``sizes`` is empty (no image to read the size from).
+        UniASArgumentError: ``sizes`` is empty (no image to read the size from).
     """
     image_size = auto_image_size(sizes, input_size, tile_stride)
     return image_size, (None if image_size == tuple(input_size) else train_tiles)
@@ -409,7 +409,7 @@ class WorkingResolution:
         """The record with ``"auto"`` resolved for images of ``sizes`` (:func:`auto_tiling`); itself if not auto.
 
         Raises:
-            ValueError: ``"auto"`` and ``sizes`` is empty.
+            UniASArgumentError: ``"auto"`` and ``sizes`` is empty.
         """
         if not self.auto:
             return self

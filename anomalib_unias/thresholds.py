@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UniASArgumentError
+
 logger = logging.getLogger(__name__)
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -125,7 +127,7 @@ class CategoryThresholds:
         """Read a thresholds file written by :meth:`to_json` (and possibly edited).
 
         Raises:
-            ValueError: naming the file and the entry that is not a pair of positive finite numbers, or an
+            UniASArgumentError: naming the file and the entry that is not a pair of positive finite numbers, or an
                 entry the file format does not have.
         """
         path = Path(path)
@@ -133,18 +135,18 @@ class CategoryThresholds:
             content = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             msg = f"Cannot read thresholds file {path}: {error}. Write it with CategoryThresholds.to_json."
-            raise ValueError(msg) from None
+            raise UniASArgumentError(msg) from None
         if not isinstance(content, dict) or "global" not in content or set(content) - set(FILE_KEYS):
             unknown = sorted(set(content) - set(FILE_KEYS)) if isinstance(content, dict) else content
             msg = (
                 f"Thresholds file {path}: expected the entries {list(FILE_KEYS)} ('global' required), got unknown "
                 f"{unknown!r}. Write it with CategoryThresholds.to_json."
             )
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         categories = content.get("categories", {})
         if not isinstance(categories, dict):
             msg = f"Thresholds file {path}: 'categories' must map category names to thresholds, got {categories!r}."
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         return cls(
             global_thresholds=_parse_entry(path, "global", content["global"]),
             categories={name: _parse_entry(path, f"categories/{name}", v) for name, v in categories.items()},
@@ -164,7 +166,7 @@ def _parse_entry(path: Path, name: str, values: Any) -> Thresholds:
             f"Thresholds file {path}: entry {name!r} must be {{'image': t, 'pixel': t}} with finite numbers > 0 "
             f"and no other keys, got {values!r}."
         )
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     return Thresholds(image=float(values["image"]), pixel=float(values["pixel"]))
 
 

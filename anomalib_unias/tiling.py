@@ -99,7 +99,7 @@ class TileGrid(nn.Module):
         lefts = torch.arange(0, width - tile_w + 1, stride_w)
         if tops[-1] + tile_h != height or lefts[-1] + tile_w != width:
             msg = f"tiles of {list(self.tile_size)} at stride {list(self.stride)} do not cover {list(self.image_size)}"
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         self.count = len(tops) * len(lefts)
         rows = (tops[:, None] + torch.arange(tile_h)[None, :])[:, None, :, None]  # (nh, 1, h, 1)
         cols = (lefts[:, None] + torch.arange(tile_w)[None, :])[None, :, None, :]  # (1, nw, 1, w)
@@ -112,7 +112,7 @@ class TileGrid(nn.Module):
         counts = torch.bincount(pixel, minlength=height * width)
         if not counts.all():
             msg = f"tiles of {list(self.tile_size)} at stride {list(self.stride)} leave pixels of the image uncovered"
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         slots = int(counts.max())
         slot = torch.arange(len(pixel)) - (torch.cumsum(counts, 0) - counts)[pixel[order]]
         contributors = torch.zeros(slots, height * width, dtype=torch.long)

@@ -23,6 +23,7 @@ from .anomaly_map import AnomalyMapGenerator, Fusion
 from .architecture import GROUP_NORM_GROUPS, LEVEL_STRIDES, PAPER_ARCHITECTURE, Architecture
 from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
+from .errors import UniASArgumentError
 from .loss import UniASLoss
 from .resolution import WorkingResolution
 from .tiling import TileGrid, Tiler, check_tiler, random_tiles
@@ -145,7 +146,7 @@ class UniASModel(nn.Module):
                 f"{len(strides)} taps at strides {strides}. Use a timm CNN with feature levels at those strides "
                 "(e.g. tf_efficientnet_b4, tf_efficientnet_lite0) tapped at out_indices (0, 1, 2, 3)."
             )
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         self.backbone = backbone
         self.head = UniASHead(feature_channels=backbone.channels, architecture=architecture)
         self.input_size = architecture.input_size
@@ -155,11 +156,11 @@ class UniASModel(nn.Module):
         """Take images of ``resolution``'s working size from now on, cut into its tiles where it is larger.
 
         Raises:
-            ValueError: ``resolution`` is for another ``input_size`` than the architecture's.
+            UniASArgumentError: ``resolution`` is for another ``input_size`` than the architecture's.
         """
         if resolution.input_size != self.input_size:
             msg = f"The resolution's tile {list(resolution.input_size)} is not input_size {list(self.input_size)}."
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         self.resolution = resolution
         self._tiler = TileGrid(resolution.size, self.input_size, resolution.tile_stride) if resolution.tiled else None
 
@@ -253,4 +254,4 @@ class UniASModel(nn.Module):
                 f"{list(self.input_size)} tiles, but got {list(images.shape[-2:])}: resize the images first "
                 "(UniAS's pre-processor does, in anomalib's pipeline and in exported models)."
             )
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)

@@ -13,13 +13,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ENV = "UNIAS_DATA"
-"""Environment variable naming the folder of the real data sets (default: ``../shared/data`` beside the repo)."""
-
-
-def data_root(name: str) -> Path:
-    """The folder of the real data set ``name`` (``mtd``, ``aitex``): ``$UNIAS_DATA/name``."""
-    return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data")) / name
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts' helpers: one rule for where the data lies
+from _common import DATA_ENV, data_root  # noqa: E402
 
 
 def require_data(name: str) -> Path:

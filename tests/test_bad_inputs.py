@@ -29,6 +29,8 @@ from anomalib_unias.metrics.report import NOT_COMPUTABLE_NOTE
 
 from .tiny import TINY_UNIAS
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def write_mvtec_root(root: Path, size: int = 48, train: int = 4, good: int = 2, defects: int = 2) -> Path:
     """A one-category MVTec-layout folder of random 8-bit PNGs with binary masks."""
@@ -342,6 +344,22 @@ def test_a_failed_torch_export_leaves_no_partial_file_and_keeps_the_earlier_one(
     assert first.stat().st_size == size
 
 
+def test_no_raise_in_the_package_names_a_built_in_error() -> None:
+    """Every ``raise`` in ``anomalib_unias`` raises a UniAS error (``NotImplementedError`` and ``SystemExit`` aside)."""
+    import ast
+    import builtins
+
+    allowed = {"NotImplementedError", "SystemExit"}
+    built_in = {name for name in dir(builtins) if isinstance(getattr(builtins, name), type)} - allowed
+    offenders = []
+    for path in sorted((REPO / "anomalib_unias").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in built_in:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {call.func.id}")
+    assert not offenders, offenders
+
+
 def test_every_error_the_package_raises_on_purpose_is_a_uniaserror() -> None:
     """One family (``except UniASError``), each also the built-in error it stands for."""
     import inspect
@@ -359,7 +377,7 @@ def test_every_error_the_package_raises_on_purpose_is_a_uniaserror() -> None:
     assert anomalib_unias is not None
     assert len(errors) >= 8
     assert all(issubclass(cls, UniASError) for cls in errors), sorted(c.__name__ for c in errors)
-    builtin = (ValueError, OSError, RuntimeError, KeyError)
+    builtin = (ValueError, OSError, RuntimeError, LookupError, TypeError)
     assert all(issubclass(cls, builtin) for cls in errors - {UniASError})  # each also the built-in error it stands for
     with pytest.raises(UniASError, match=r"UniAS argument backbone='resnet_nope': timm has no model of that name"):
         UniAS(backbone="resnet_nope")

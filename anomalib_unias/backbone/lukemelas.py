@@ -12,7 +12,7 @@ import re
 
 from torch import nn
 
-from ..errors import UniASError
+from ..errors import UniASError, UniASIndexError
 
 STEM_KEY = "_conv_stem.weight"
 """A key every lukemelas EfficientNet state dict has; its prefix locates the network in a checkpoint."""
@@ -46,7 +46,7 @@ def block_position(index: int, depths: tuple[int, ...]) -> tuple[int, int]:
             return stage, index
         index -= depth
     msg = f"block {index} is past the last stage"
-    raise IndexError(msg)
+    raise UniASIndexError(msg)
 
 
 def block_index(key: str) -> int | None:

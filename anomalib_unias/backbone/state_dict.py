@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import UniASError
+from ..errors import UniASError, UniASFileNotFoundError
 from .lukemelas import STEM_KEY, CheckpointConversionError, convert_key, stage_depths
 
 
@@ -41,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         msg = f"Backbone weights file not found: '{path}'."
-        raise FileNotFoundError(msg)
+        raise UniASFileNotFoundError(msg)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file  # noqa: PLC0415 (only needed for this format)

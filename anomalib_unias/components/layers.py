@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from ..errors import UniASArgumentError
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention on batch-first tokens with the parameters of ``nn.MultiheadAttention``.
@@ -30,7 +32,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             msg = f"attention width {dim} is not divisible by num_heads={num_heads}"
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         self.num_heads = num_heads
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
@@ -152,7 +154,7 @@ class GaussianBlur2d(nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             msg = f"Gaussian kernel size must be odd, got {kernel_size}"
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         self.kernel_size = kernel_size
         self.sigma = sigma
         self.register_buffer("taps", gaussian_taps(kernel_size, sigma), persistent=False)

@@ -29,6 +29,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Compose, RandomHorizontalFlip, RandomVerticalFlip, Transform
 from torchvision.transforms.v2.functional import is_pure_tensor
 
+from ..errors import UniASUsageError
+
 FLIP_PROBABILITY = 0.3
 """Probability of each of HFLIP and VFLIP (docs/design.md §7)."""
 
@@ -109,7 +111,7 @@ class CategoryAugmentation(Transform):
                 f"transform(image, mask, 'bottle'); got {len(categories)} str inputs. Use it as train_augmentations "
                 "of a Unified* datamodule (their datasets pass the category)."
             )
-            raise TypeError(msg)
+            raise UniASUsageError(msg)
         if categories[0] not in self.transforms:
             return inputs if len(inputs) > 1 else inputs[0]
         tensors = [inpt for inpt in inputs if not isinstance(inpt, str)]

@@ -27,6 +27,7 @@ from anomalib.utils.path import resolve_dataset_root
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms.v2 import Compose, Transform
 
+from ..errors import UniASArgumentError, UniASFileNotFoundError, UniASRuntimeError
 from ..layout import IMAGE_EXTENSIONS
 from .augmentation import mvtec_paper_augmentation, visa_paper_augmentation
 from .dataset import UnifiedDataset
@@ -113,7 +114,7 @@ class UnifiedFolder(AnomalibDataModule):
         """Check that every category folder exists (subclasses download or generate the data here)."""
         if missing := self.missing_categories():
             msg = f"Category folders {missing} not found in {self.data_root}."
-            raise FileNotFoundError(msg)
+            raise UniASFileNotFoundError(msg)
 
     def val_dataloader(self) -> DataLoader:
         """Anomalib's validation loader; multi-process runs see every sample once (no padding)."""
@@ -326,7 +327,7 @@ def _checked(categories: Sequence[str] | None, known: Sequence[str], dataset: st
         return list(known)
     if unknown := sorted(set(categories) - set(known)):
         msg = f"Unknown {dataset} categories {unknown}; known: {list(known)}."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     return list(categories)
 
 
@@ -347,7 +348,7 @@ def _prepare_with_anomalib(
             f"{url} failed ({error}). Without network access, get the dataset from {homepage}, extract it to "
             f"{datamodule.root}, or pass root= pointing at an existing copy."
         )
-        raise RuntimeError(msg) from error
+        raise UniASRuntimeError(msg) from error
     if still_missing := datamodule.missing_categories():
         msg = f"{datamodule.name}: categories {still_missing} are still missing in {datamodule.data_root}."
-        raise FileNotFoundError(msg)
+        raise UniASFileNotFoundError(msg)

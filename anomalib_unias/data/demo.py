@@ -31,6 +31,7 @@ from anomalib.data.utils import TestSplitMode, ValSplitMode
 from anomalib.data.utils.generators.perlin import generate_perlin_noise
 from torchvision.transforms.v2 import Transform
 
+from ..errors import UniASArgumentError, UniASFileError, UniASFileExistsError, UniASRuntimeError
 from ..layout import MASK_FOLDER, MASK_SUFFIX, NORMAL_FOLDER, TEST_FOLDER, TRAIN_FOLDER
 from .datamodules import UnifiedFolder
 
@@ -81,11 +82,11 @@ def generate_demo_dataset(
     """
     if unknown := sorted(set(categories) - set(DEMO_CATEGORIES)):
         msg = f"Unknown demo categories {unknown}; known: {list(DEMO_CATEGORIES)}."
-        raise ValueError(msg)
+        raise UniASArgumentError(msg)
     root = Path(root)
     if existing := [category for category in categories if (root / category).exists()]:
         msg = f"Demo categories {existing} already exist in {root}; delete them to regenerate."
-        raise FileExistsError(msg)
+        raise UniASFileExistsError(msg)
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text(_README, encoding="utf-8")
     sources = {category: getattr(skimage.data, category)().astype(np.float32) / 255 for category in DEMO_CATEGORIES}
@@ -164,7 +165,7 @@ def _blob_mask(
         if mask.sum() >= max(16, (0.03 * size) ** 2):
             return mask
     msg = "Could not draw a non-empty defect blob in 20 tries."
-    raise RuntimeError(msg)
+    raise UniASRuntimeError(msg)
 
 
 def _texture_defect(
@@ -234,7 +235,7 @@ def _save(path: Path, image: np.ndarray) -> None:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
         msg = f"Could not write {path}."
-        raise OSError(msg)
+        raise UniASFileError(msg)
 
 
 class UniASDemo(UnifiedFolder):

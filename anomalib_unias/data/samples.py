@@ -12,6 +12,7 @@ from pathlib import Path
 from anomalib.data.utils import LabelName, Split, validate_path
 from pandas import DataFrame
 
+from ..errors import UniASFileNotFoundError, UniASRuntimeError
 from ..layout import IMAGE_EXTENSIONS, MASK_FOLDER, MASK_SUFFIX, NORMAL_FOLDER, SPLIT_FOLDERS, TEST_FOLDER, TRAIN_FOLDER
 
 
@@ -42,7 +43,7 @@ def make_unified_samples(
         category_root = root / category
         if not category_root.is_dir():
             msg = f"Category folder {category_root} does not exist (categories: {list(categories)})."
-            raise FileNotFoundError(msg)
+            raise UniASFileNotFoundError(msg)
         image_folders = (
             [category_root / TRAIN_FOLDER / NORMAL_FOLDER]
             if split == Split.TRAIN
@@ -57,7 +58,7 @@ def make_unified_samples(
         if not images:
             folders = ", ".join(str(folder) for folder in image_folders) or str(category_root / TEST_FOLDER)
             msg = f"Found no {split.value} images with extensions {extensions} in {folders}."
-            raise RuntimeError(msg)
+            raise UniASRuntimeError(msg)
         for image_path in images:
             label = image_path.parent.name
             is_normal = label == NORMAL_FOLDER
@@ -94,7 +95,7 @@ def _find_mask(image_path: Path, category_root: Path, extensions: Sequence[str])
         f"{mask_folder / (image_path.stem + MASK_SUFFIX)}.png (or {image_path.stem}.png; any of {tuple(extensions)}). "
         f"Add the mask there (0 = normal, >0 = defect), or move the image out of {image_path.parent}."
     )
-    raise FileNotFoundError(msg)
+    raise UniASFileNotFoundError(msg)
 
 
 def discover_categories(root: str | Path) -> list[str]:
@@ -106,7 +107,7 @@ def discover_categories(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         msg = f"Dataset root {root} does not exist."
-        raise FileNotFoundError(msg)
+        raise UniASFileNotFoundError(msg)
     categories = sorted(
         path.name for path in root.iterdir() if (path / TRAIN_FOLDER).is_dir() or (path / TEST_FOLDER).is_dir()
     )
@@ -117,5 +118,5 @@ def discover_categories(root: str | Path) -> list[str]:
             else ""
         )
         msg = f"No category folders (<category>/train, <category>/test) found in {root}.{hint}"
-        raise FileNotFoundError(msg)
+        raise UniASFileNotFoundError(msg)
     return categories

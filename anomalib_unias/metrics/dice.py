@@ -31,6 +31,8 @@ from anomalib.metrics import AnomalibMetric
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
+from ..errors import UniASArgumentError
+
 # Pixels processed at once (whole images, at least one) while streaming the stored scores; bounds the
 # temporary memory of compute() to a few tens of MB whatever the size of the test set.
 CHUNK_PIXELS = 1 << 21
@@ -62,7 +64,7 @@ class _PixelCurve(Metric):
         """Store the scores, the binary ground truth and the number of pixels of each image."""
         if preds.numel() != target.numel():
             msg = f"Scores {tuple(preds.shape)} and masks {tuple(target.shape)} have different sizes."
-            raise ValueError(msg)
+            raise UniASArgumentError(msg)
         num_images = target.shape[0]
         self.preds.append(preds.detach().reshape(-1))
         self.target.append((target > 0).reshape(-1))
