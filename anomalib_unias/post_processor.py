@@ -185,7 +185,7 @@ class UniASPostProcessor(PostProcessor):
         batch.pred_score = self._normalize(batch.pred_score, self.image_min, self.image_max, image)
 
     def _batch_thresholds(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and pixel thresholds per image of ``batch``: (B,) and (B, 1, 1), or the global scalars."""
+        """Image and pixel thresholds per image of ``batch``, shaped like its scores and maps, or the global scalars."""
         image = effective_threshold(self.image_threshold, self.image_min, self.image_max)
         pixel = effective_threshold(self.pixel_threshold, self.pixel_min, self.pixel_max)
         if not (self.per_category and self.category_thresholds) or batch.image_path is None:
@@ -200,10 +200,13 @@ class UniASPostProcessor(PostProcessor):
             else:
                 images.append(torch.tensor(values[0], dtype=image.dtype, device=image.device))
                 pixels.append(torch.tensor(values[1], dtype=pixel.dtype, device=pixel.device))
-        per_image = torch.stack(images)
-        per_pixel = torch.stack(pixels)
+        # Shaped to broadcast image by image: scores may come as (B,) or (B, 1) (anomalib's tiled PaDiM), maps (B, ...).
+        score_dims = batch.pred_score.dim() - 1 if batch.pred_score is not None else 0
         map_dims = batch.anomaly_map.dim() - 1 if batch.anomaly_map is not None else 2
-        return per_image, per_pixel.reshape(-1, *([1] * map_dims))
+        return (
+            torch.stack(images).reshape(-1, *([1] * score_dims)),
+            torch.stack(pixels).reshape(-1, *([1] * map_dims)),
+        )
 
     def _warn_unknown(self, category: str | None) -> None:
         key = str(category)

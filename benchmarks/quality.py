@@ -292,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     forwarded = list(argv if argv is not None else sys.argv[1:])
     for name in args.models:
         print(f"=== {LABELS[name]} ===", flush=True)
+        (output / f"{name}.json").unlink(missing_ok=True)  # a model that fails now must not report an earlier run
         # Offline, as UniAS: every backbone's weights come from the bundled files (HF cache), never the hub.
         environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
         result = subprocess.run([sys.executable, __file__, *forwarded, "--job", name], check=False, env=environment)

@@ -72,6 +72,18 @@ def test_each_image_is_labelled_with_its_categorys_threshold(fitted: UniASPostPr
     assert batch.pred_mask[0].all() and not batch.pred_mask[1].any()
 
 
+def test_scores_of_shape_batch_by_one_keep_their_shape_and_their_categorys_threshold(
+    fitted: UniASPostProcessor,
+) -> None:
+    """Anomalib's tiled PaDiM scores a batch as (B, 1): each image still meets its own category's threshold."""
+    batch = _batch("grass", [0.055, 0.2, 0.01], [0, 1, 0])
+    batch.image_path[1] = "root/gravel/test/good/9.png"
+    batch.pred_score = batch.pred_score[:, None]
+    fitted.post_process_batch(batch)
+    assert batch.pred_score.shape == (3, 1)
+    assert batch.pred_label.flatten().tolist() == [True, False, False]
+
+
 def test_an_unknown_category_falls_back_to_the_global_threshold_with_a_warning(
     fitted: UniASPostProcessor, caplog: pytest.LogCaptureFixture
 ) -> None:
