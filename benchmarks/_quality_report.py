@@ -37,7 +37,9 @@ def main_table(output: Path, jobs: dict[str, dict]) -> str:
     columns = ["model", "pAP", "DSC", "F1max-Dice", "image AUROC", "pixel AUROC", "AUPRO"]
     columns += ["training (s)", "test (s)", "peak RSS (GB)"]
     run = next(iter(jobs.values()))["summary"].get("run")
-    lines = [f"Command: `{run['command']}`; {run['stamp']}.", ""] if run else []
+    # Result files written before run_stamp() existed keep date, commit and CPU apart.
+    stamp = run and (run.get("stamp") or f"{run['date']}, commit {run['commit']}, {run['cpu']}")
+    lines = [f"Command: `{run['command']}`; {stamp}.", ""] if run else []
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, job in jobs.items():
         summary = job["summary"]

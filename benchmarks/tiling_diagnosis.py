@@ -1,0 +1,148 @@
+"""What the tiles lose on Magnetic Tile Defects: the 128 x 128 squash against tiled variants at equal training time.
+
+    python benchmarks/tiling_diagnosis.py                # five UniAS runs of configs/mtd.yaml, about an hour on 2 cores
+    python benchmarks/tiling_diagnosis.py --epochs 2     # a smoke test of this script
+
+Each variant is one ``python benchmarks/quality.py --models unias`` run (``configs/mtd.yaml`` with ``--set``
+overrides, the same seed, data and halves), in its own folder under ``--output``.  The variants separate the
+three things a tiled model changes at once:
+
+* the scale: ``squash_256`` sees the images at twice the squash's resolution with no tiles at all;
+* the tiles: ``tiled_256_every_tile`` cuts that same 256 x 256 image into its four 128-px tiles and trains on all
+  of them, so it differs from ``squash_256`` only by the tile borders (zero padding inside the image) and the
+  smaller context of each query;
+* the sampling: ``tiled_256_random_tile`` trains on one random tile position per image per step (the cost of a
+  squash step), and ``..._overlap`` tests it with half-overlapping tiles blended by the pyramid window.
+
+A variant whose step costs ``k`` times the squash's gets ``1/k`` of its epochs (``--epochs`` is the squash's), so
+each trains for about the same wall time; the table says the measured time.  Writes ``diagnosis.md`` and
+``diagnosis.csv`` to ``--output`` (default ``benchmarks/results/mtd_tiled_diagnosis``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import REPO, RESULTS, data_root, run_stamp
+
+VARIANTS = {
+    "squash_128": ("the shipped squash (reference)", {"image_size": "[128,128]"}, 1),
+    "squash_256": ("twice the resolution, no tiles", {"input_size": "[256,256]", "image_size": "[256,256]"}, 4),
+    "tiled_256_every_tile": ("256 in four 128-px tiles, every tile per step", {"image_size": "[256,256]"}, 4),
+    "tiled_256_random_tile": (
+        "256 in 128-px tiles, one random tile per image per step",
+        {"image_size": "[256,256]", "train_tiles": "1"},
+        1,
+    ),
+    "tiled_256_random_tile_overlap": (
+        "as above, tested with half-overlapping tiles (stride 64, pyramid blend)",
+        {"image_size": "[256,256]", "train_tiles": "1", "tile_stride": "[64,64]"},
+        1,
+    ),
+}
+"""Variant -> (what it tests, UniAS overrides of configs/mtd.yaml, cost of a training step against the squash's)."""
+FIXED_FUSIONS = ("product", "mean_16_8", "stride16 alone")
+"""Fixed fusions reported beside the recipe's own choice (``map_fusion: auto``), on the held-out half."""
+
+
+def run_variant(name: str, overrides: dict[str, str], epochs: int, output: Path, root: str) -> None:
+    """One ``quality.py`` UniAS run of ``configs/mtd.yaml`` with ``overrides``, into ``output / name``."""
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "quality.py"),
+        "--models",
+        "unias",
+        "--root",
+        root,
+        "--curve-points",
+        "1",
+        "--max-epochs",
+        str(epochs),
+        "--output",
+        str(output / name),
+        "--set",
+        *(f"{key}={value}" for key, value in overrides.items()),
+    ]
+    print(f"=== {name}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def finished(folder: Path, epochs: int) -> bool:
+    """Whether ``folder`` holds a finished run of ``epochs`` epochs."""
+    result = folder / "unias.json"
+    return result.exists() and json.loads(result.read_text())["summary"]["settings"]["max_epochs"] == epochs
+
+
+def table_row(name: str, what: str, epochs: int, output: Path) -> dict[str, object]:
+    """The variant's numbers from its ``unias.json``: held-out pAP of the chosen and of fixed fusions, times."""
+    job = json.loads((output / name / "unias.json").read_text())
+    summary, levels = job["summary"], job["levels"]
+    row: dict[str, object] = {
+        "variant": name,
+        "what it tests": what,
+        "input_size": "x".join(map(str, summary["input_size"])),
+        "image_size": "x".join(map(str, summary["image_size"])),
+        "tile_stride": "x".join(map(str, summary["tile_stride"])),
+        "epochs": epochs,
+        "training (s)": round(summary["train_seconds"]),
+        "test (s)": round(summary["test_seconds"]),
+        "map chosen": summary["settings"]["map"],
+        "pAP held-out": round(100 * summary["pixel_AP"], 2),
+        "pAP select": round(100 * summary["selection_half"]["pixel_AP"], 2),
+    }
+    for fusion in FIXED_FUSIONS:
+        row[f"{fusion} held-out"] = round(100 * levels[f"{fusion} (holdout)"]["pixel_AP"], 2)
+    return row
+
+
+def write_tables(rows: list[dict[str, object]], output: Path, command: str) -> str:
+    """``diagnosis.csv`` and ``diagnosis.md`` in ``output``; returns the Markdown."""
+    with (output / "diagnosis.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = list(rows[0])
+    lines = [
+        f"Command: `{command}`; {run_stamp()}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows),
+        "",
+        "pAP: pixel AP at the working resolution (mean over the data set's categories) on the held-out half of the "
+        "test set; the select half chose the map (`map_fusion: auto`); fixed fusions are scored on the same weights.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (output / "diagnosis.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=12, help="the squash's epochs (others: scaled by step cost)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--root", default=str(data_root("mtd")), help="MVTec-layout dataset root (default: MTD)")
+    parser.add_argument("--output", default=str(RESULTS / "mtd_tiled_diagnosis"))
+    args = parser.parse_args()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.variants:
+        what, overrides, cost = VARIANTS[name]
+        epochs = max(1, round(args.epochs / cost))
+        if not finished(output / name, epochs):  # a rerun with the same --epochs continues where the last stopped
+            run_variant(name, overrides, epochs, output, args.root)
+        rows.append(table_row(name, what, epochs, output))
+    command = "python benchmarks/tiling_diagnosis.py" + "".join(
+        f" --{key} {value}" for key, value in (("epochs", args.epochs),) if value != parser.get_default(key)
+    )
+    print(write_tables(rows, output, command))
+
+
+if __name__ == "__main__":
+    main()
