@@ -280,12 +280,7 @@ class UniAS(UniASExportMixin, AnomalibModule):
             checkpoint.setdefault("hyper_parameters", {})["tile_stride"] = list(self.model.tile_stride)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When training resumes from ``checkpoint``, continue with the random numbers it stopped at.
-
-        A ``map_fusion="auto"`` model fuses as the checkpoint's choice did
-        (:func:`~anomalib_unias.fusion_selection.restore_fusion`); an attached ``thresholds`` file stays pinned
-        over the checkpoint's thresholds (:meth:`~anomalib_unias.post_processor.UniASPostProcessor.pin_thresholds`).
-        """
+        """Fuse as the checkpoint's ``map_fusion="auto"`` choice did; a resumed training continues its random draws."""
         super().on_load_checkpoint(checkpoint)
         if self.model.head.architecture.fuses_automatically:
             restore_fusion(checkpoint, self.model.head.anomaly_map)

@@ -31,9 +31,17 @@ from pathlib import Path
 from _common import REPO, RESULTS, data_root, run_stamp
 
 VARIANTS = {
-    "squash_128": ("the shipped squash (reference)", {"image_size": "[128,128]"}, 1),
-    "squash_256": ("twice the resolution, no tiles", {"input_size": "[256,256]", "image_size": "[256,256]"}, 4),
-    "tiled_256_every_tile": ("256 in four 128-px tiles, every tile per step", {"image_size": "[256,256]"}, 4),
+    "squash_128": ("the shipped squash (reference)", {"image_size": "[128,128]", "train_tiles": "null"}, 1),
+    "squash_256": (
+        "twice the resolution, no tiles",
+        {"input_size": "[256,256]", "image_size": "[256,256]", "train_tiles": "null"},
+        4,
+    ),
+    "tiled_256_every_tile": (
+        "256 in four 128-px tiles, every tile per step",
+        {"image_size": "[256,256]", "train_tiles": "null"},
+        4,
+    ),
     "tiled_256_random_tile": (
         "256 in 128-px tiles, one random tile per image per step",
         {"image_size": "[256,256]", "train_tiles": "1"},
