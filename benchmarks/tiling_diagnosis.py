@@ -1,6 +1,6 @@
 """What the tiles lose on Magnetic Tile Defects: the 128 x 128 squash against tiled variants at equal training time.
 
-    python benchmarks/tiling_diagnosis.py                # five UniAS runs of configs/mtd.yaml, about an hour on 2 cores
+    python benchmarks/tiling_diagnosis.py                # five UniAS runs of configs/mtd.yaml, ~80 min on 2 cores
     python benchmarks/tiling_diagnosis.py --epochs 2     # a smoke test of this script
 
 Each variant is one ``python benchmarks/quality.py --models unias`` run (``configs/mtd.yaml`` with ``--set``
@@ -146,9 +146,9 @@ def main() -> None:
         if not finished(output / name, epochs):  # a rerun with the same --epochs continues where the last stopped
             run_variant(name, overrides, epochs, output, args.root)
         rows.append(table_row(name, what, epochs, output))
-    command = "python benchmarks/tiling_diagnosis.py" + "".join(
-        f" --{key} {value}" for key, value in (("epochs", args.epochs),) if value != parser.get_default(key)
-    )
+    command = "python benchmarks/tiling_diagnosis.py"
+    command += f" --epochs {args.epochs}" if args.epochs != parser.get_default("epochs") else ""
+    command += f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else ""
     print(write_tables(rows, output, command))
 
 
