@@ -83,8 +83,8 @@ def candidate_fusions(levels: Sequence[int] = LEVEL_STRIDES) -> tuple[Fusion, ..
     without it, made of fine texture alone, chose itself on a small validation split and did not generalise: on
     AITEX (three fabrics, 56 validation strips) stride 2 alone led the validation half (12.87 pAP against 9.54 for
     the paper's product) and came last on the held-out half (0.33 against 2.68), through one fabric's few defects
-    (``benchmarks/results/aitex_first_auto_rule/fusion_candidates.md``).  The product of all ``levels`` (the paper's map) comes
-    first: the choice keeps it on ties.
+    (``benchmarks/results/aitex_first_auto_rule/fusion_candidates.md``).  The product of all ``levels`` (the
+    paper's map) comes first: the choice keeps it on ties.
     """
     levels = tuple(levels)
     runs = [levels[:length] for length in range(len(levels), 0, -1)]
