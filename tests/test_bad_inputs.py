@@ -27,9 +27,8 @@ from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.metrics import PaperDice, PerCategory, format_category_table
 from anomalib_unias.metrics.report import NOT_COMPUTABLE_NOTE
 
+from .conftest import REPO
 from .tiny import TINY_UNIAS
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_mvtec_root(root: Path, size: int = 48, train: int = 4, good: int = 2, defects: int = 2) -> Path:
