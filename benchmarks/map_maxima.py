@@ -1,0 +1,192 @@
+"""What sets each category's map maximum, and how much of it a per-position normal baseline takes away.
+
+For one trained UniAS checkpoint, from one reconstruction of every image (``UniASModel.fused_maps``, at the
+working resolution):
+
+* **where the maxima sit**: for each category's test images, the share of maxima on a defect pixel, in the
+  top or bottom 8 rows, and a histogram of their columns (16 bins across the width);
+* **what a normal baseline does**: the maps of the category's training images (all normal) give a mean map
+  per pixel (and its spread); each test map is then read against it, and pixel AP per category (mean over the
+  categories with defects, each half of the test set, ``_common.assign_halves``) and image AUROC (the map's
+  maximum as the score) say what the map's structure cost.  Readings: the raw map (the model's); minus the mean;
+  divided by the mean; z-scored (minus the mean, over the spread plus a tenth of its average); minus the mean's
+  column profile (a band that stands at a fixed column) or its row profile (the image's top and bottom edges);
+  minus the mean of all categories together (what one baseline for every category would do).
+
+This is a diagnosis, not a setting of the model: the baseline needs the image's category, and PaDiM's per-position
+Gaussians do the same job inside the model.  The fusions scored are the paper's product, the mean of strides 16+8
+and stride 16 alone.
+
+    python benchmarks/map_maxima.py CKPT --root ../shared/data/aitex --output benchmarks/results/aitex_map_maxima
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import HALVES, assign_halves, data_root, run_stamp
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomalib_unias import UniAS
+from anomalib_unias.anomaly_map import Fusion
+from anomalib_unias.data import UnifiedFolder
+from anomalib_unias.data.reading import read_image
+from anomalib_unias.layout import category_of
+
+FUSIONS = (Fusion("product", (16, 8, 4, 2)), Fusion("mean", (16, 8)), Fusion("product", (16,)))
+"""The fusions scored (the model must reconstruct these levels)."""
+EDGE_ROWS = 8
+"""Rows at the top and at the bottom of the map counted as the image's edge."""
+Baseline = dict[str, np.ndarray]
+"""Per category: the normal maps' mean, spread, column and row profiles (each (fusions, H, W))."""
+
+
+def maps_of(model: UniAS, images: list[torch.Tensor]) -> np.ndarray:
+    """The :data:`FUSIONS` maps of ``images`` (each (3, H, W) as read), shape (N, fusions, H, W)."""
+    batch = torch.cat([model.pre_processor.transform(image[None]) for image in images])
+    with torch.no_grad():
+        maps = model.model.fused_maps(batch, FUSIONS)
+    return torch.stack([m[:, 0] for m in maps], dim=1).numpy()
+
+
+def baselines(normal: dict[str, list[np.ndarray]]) -> dict[str, Baseline]:
+    """Per category, the mean map of its normal images and the profiles and spread derived from it."""
+    result = {}
+    for category, maps in normal.items():
+        stack = np.stack(maps)
+        mean, spread = stack.mean(0), stack.std(0)
+        result[category] = {
+            "mean": mean,
+            "spread": spread + 0.1 * spread.mean(axis=(1, 2), keepdims=True),
+            "columns": mean.mean(axis=1, keepdims=True),
+            "rows": mean.mean(axis=2, keepdims=True),
+        }
+    every = np.stack([m for maps in normal.values() for m in maps]).mean(0)
+    for values in result.values():
+        values["every category"] = every
+    return result
+
+
+READINGS: dict[str, Callable[[np.ndarray, Baseline], np.ndarray]] = {
+    "raw (the model's map)": lambda m, _: m,
+    "minus the mean": lambda m, b: m - b["mean"],
+    "divided by the mean": lambda m, b: m / (b["mean"] + 1e-6),
+    "z-score": lambda m, b: (m - b["mean"]) / b["spread"],
+    "minus the mean's column profile": lambda m, b: m - b["columns"],
+    "minus the mean's row profile": lambda m, b: m - b["rows"],
+    "minus the mean of all categories": lambda m, b: m - b["every category"],
+}
+"""How a test map (fusions, H, W) is read against its category's normal baseline."""
+
+
+def score(tests: list[tuple], base: dict[str, Baseline], reading: str, fusion: int) -> dict[str, float]:
+    """Mean pixel AP over the categories with defects on each half, per-category held-out APs, held-out AUROC."""
+    read = READINGS[reading]
+    result: dict[str, float] = {}
+    for half in HALVES:
+        values = []
+        for category in sorted(base):
+            rows = [(read(m, base[c])[fusion], t) for c, h, m, t in tests if c == category and h == half]
+            truth = np.concatenate([t.ravel() for _, t in rows])
+            if truth.any():
+                values.append(100 * average_precision_score(truth, np.concatenate([s.ravel() for s, _ in rows])))
+                result[f"{half} {category}"] = values[-1]
+        result[half] = float(np.mean(values))
+    held = [(read(m, base[c])[fusion].max(), t.any()) for c, h, m, t in tests if h == "holdout"]
+    result["holdout image AUROC"] = 100 * roc_auc_score([d for _, d in held], [s for s, _ in held])
+    return result
+
+
+def maxima(tests: list[tuple], category: str) -> dict[str, object]:
+    """Where the raw paper map's maxima of ``category``'s test images sit."""
+    rows = [(m[0], t) for c, _, m, t in tests if c == category]
+    height, width = rows[0][0].shape
+    places = [np.unravel_index(np.argmax(m), m.shape) for m, _ in rows]
+    on_defect = [t[place] for (_, t), place in zip(rows, places, strict=True) if t.any()]
+    return {
+        "images": len(rows),
+        "on a defect pixel": 100 * float(np.mean(on_defect)) if on_defect else float("nan"),
+        "in the top/bottom rows": 100 * float(np.mean([y < EDGE_ROWS or y >= height - EDGE_ROWS for y, _ in places])),
+        "columns": np.histogram([x for _, x in places], bins=16, range=(0, width))[0].tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--root", default=str(data_root("aitex")))
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    model = UniAS.load_from_checkpoint(args.checkpoint).eval()
+    datamodule = UnifiedFolder(root=args.root, eval_batch_size=2, num_workers=0)
+    datamodule.setup()
+    normal: dict[str, list[np.ndarray]] = {}
+    paths = [str(p) for p in datamodule.train_data.samples.image_path]
+    for start in range(0, len(paths), 4):
+        chunk = paths[start : start + 4]
+        for path, maps in zip(chunk, maps_of(model, [read_image(p) for p in chunk]), strict=True):
+            normal.setdefault(category_of(path), []).append(maps)
+    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    tests = []
+    for batch in datamodule.test_dataloader():
+        image, mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        with torch.no_grad():
+            fused = torch.stack([m[:, 0] for m in model.model.fused_maps(image, FUSIONS)], dim=1).numpy()
+        for i, path in enumerate(batch.image_path):
+            truth = (mask[i] > 0.5).numpy().reshape(fused.shape[-2:])
+            tests.append((category_of(path), halves[str(path)], fused[i], truth))
+    base = baselines(normal)
+    categories = sorted(base)
+    args.output.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Map maxima and normal baselines of {args.checkpoint.name} on {args.root}",
+        "",
+        f"`python benchmarks/map_maxima.py {args.checkpoint} --root {args.root} --output {args.output}` "
+        f"({run_stamp()}). Maps at the working resolution; baselines from the {len(paths)} training images "
+        f"({', '.join(f'{c}: {len(normal[c])}' for c in categories)}); {len(tests)} test images.",
+        "",
+        "## Where the paper map's maxima sit (all test images)",
+        "",
+        "| category | images | max on a defect pixel (% of defective images) | max in the top/bottom "
+        f"{EDGE_ROWS} rows (%) | maxima per column bin (16 bins, left to right) |",
+        "|---|---|---|---|---|",
+    ]
+    for category in categories:
+        found = maxima(tests, category)
+        lines.append(
+            f"| {category} | {found['images']} | {found['on a defect pixel']:.0f} | "
+            f"{found['in the top/bottom rows']:.0f} | {' '.join(map(str, found['columns']))} |"
+        )
+    rows = []
+    for index, fusion in enumerate(FUSIONS):
+        lines += [
+            "",
+            f"## {fusion.name}",
+            "",
+            f"| reading | select pAP | held-out pAP | held-out per category ({' / '.join(categories)}) "
+            "| held-out image AUROC |",
+            "|---|---|---|---|---|",
+        ]
+        for reading in READINGS:
+            result = score(tests, base, reading, index)
+            per = " / ".join(f"{result[f'holdout {c}']:.2f}" for c in categories if f"holdout {c}" in result)
+            lines.append(
+                f"| {reading} | {result['select']:.2f} | {result['holdout']:.2f} | {per} | "
+                f"{result['holdout image AUROC']:.2f} |"
+            )
+            rows.append({"fusion": fusion.name, "reading": reading, **{k: round(v, 4) for k, v in result.items()}})
+    (args.output / "maxima.md").write_text("\n".join(lines) + "\n")
+    with (args.output / "maxima.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
