@@ -41,10 +41,13 @@ class Fusion:
     Args:
         kind: ``"product"`` (paper) or ``"mean"``.  With one level both are that level's smoothed map.
         strides: Backbone strides of the fused levels, coarse to fine (paper: 16, 8, 4, 2).
+        against_normal: The fused map z-scored per pixel against the maps of the category's normal images
+            (:mod:`anomalib_unias.normal_maps`; the model does that step, after untiling).  Not in the paper.
     """
 
     kind: FusionKind = "product"
     strides: tuple[int, ...] = LEVEL_STRIDES
+    against_normal: bool = False
 
     def __post_init__(self) -> None:
         strides = tuple(sorted({int(s) for s in self.strides}, reverse=True))
@@ -60,9 +63,20 @@ class Fusion:
     @property
     def name(self) -> str:
         """A short readable name, e.g. ``"mean of strides 16+8"``, ``"stride 16 alone"``."""
-        if len(self.strides) == 1:
-            return f"stride {self.strides[0]} alone"
-        return f"{self.kind} of strides {'+'.join(map(str, self.strides))}"
+        name = (
+            f"stride {self.strides[0]} alone"
+            if len(self.strides) == 1
+            else f"{self.kind} of strides {'+'.join(map(str, self.strides))}"
+        )
+        return f"{name}, z-scored against normal images" if self.against_normal else name
+
+    def as_read(self) -> Fusion:
+        """The same levels and kind, the map as it is (the head's part of the fusion)."""
+        return Fusion(self.kind, self.strides)
+
+    def against_normal_images(self) -> Fusion:
+        """The same fusion z-scored against normal images."""
+        return Fusion(self.kind, self.strides, against_normal=True)
 
     @classmethod
     def of(cls, kind: FusionKind, strides: Iterable[int] | None, levels: Iterable[int] = LEVEL_STRIDES) -> Fusion:

@@ -14,6 +14,9 @@ the fusion there too, before the thresholds are fitted, so they fit the map that
   0.3 % of the score), and the fusion with the best mean over the categories with defect pixels is used
   from then on (:func:`FusionScores.best`; the paper's product on ties, and where no category has a defect
   pixel);
+* every candidate is scored twice where the training images allow: as it is, and z-scored per pixel against
+  its maps of the category's training images (:mod:`anomalib_unias.normal_maps`: a fixed structure such as
+  AITEX's margin band stops outshining the defects), so the validation split also decides that;
 * the choice and every fusion's score go into the log and the checkpoint (:data:`CHECKPOINT_KEY`), from which
   test, predict and export take it (:func:`restore_fusion`).
 
@@ -27,18 +30,23 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import distributed
 
-from .anomaly_map import AnomalyMapGenerator, Fusion
+from .anomaly_map import Fusion
 from .errors import UniASArgumentError
+from .normal_maps import NormalMapStatistics
+
+if TYPE_CHECKING:
+    from .torch_model import UniASModel
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "unias_map_fusion"
-"""Checkpoint entry of the chosen fusion: ``{"kind", "strides", "validation_pixel_AP": {name: AP}}``."""
+"""Checkpoint entry of the chosen fusion: ``{"kind", "strides", "against_normal", "validation_pixel_AP": {name: AP}}``
+and, for a z-scored fusion, ``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`)."""
 LOG10_RANGE = (-12.0, 2.0)
 """Scores are binned on a log scale over this range (a product of four maps lies in [0, 16]); below it, bin 0."""
 BINS = 4096 * 3
@@ -55,6 +63,15 @@ def score_bins(scores: torch.Tensor) -> torch.Tensor:
     logs = torch.log10(scores.float().clamp(min=10**low))
     index = ((logs - low) * (BINS / (high - low))).nan_to_num(nan=BINS - 1).long()
     return index.clamp(0, BINS - 1)
+
+
+def positive_scores(values: torch.Tensor) -> torch.Tensor:
+    """``exp(asinh(values) / 4)``: the real line onto (0, inf), strictly increasing, so ranks and pixel AP stay.
+
+    Z-scores (:mod:`anomalib_unias.normal_maps`) are signed and reach the thousands; this puts -1e4..1e4 into
+    0.08..12, inside :data:`LOG10_RANGE`; a bin spans about 0.01 of a z-score near 0 and 1 % of it beyond 1.
+    """
+    return torch.exp(torch.asinh(values) / 4)
 
 
 def binned_average_precision(counts: torch.Tensor) -> torch.Tensor:
@@ -153,20 +170,31 @@ def describe_choice(chosen: Fusion | None, scores: Mapping[Fusion, float], image
     )
 
 
-def checkpoint_entry(chosen: Fusion, scores: Mapping[Fusion, float]) -> dict[str, Any]:
-    """What :data:`CHECKPOINT_KEY` holds: the chosen fusion and every fusion's validation pixel AP."""
-    return {
+def checkpoint_entry(
+    chosen: Fusion, scores: Mapping[Fusion, float], statistics: NormalMapStatistics | None = None
+) -> dict[str, Any]:
+    """What :data:`CHECKPOINT_KEY` holds: the chosen fusion and every fusion's validation pixel AP.
+
+    For a fusion z-scored against normal images, also its normal statistics.
+    """
+    entry = {
         "kind": chosen.kind,
         "strides": list(chosen.strides),
+        "against_normal": chosen.against_normal,
         "validation_pixel_AP": {fusion.name: round(score, 6) for fusion, score in scores.items()},
     }
+    if statistics is not None:
+        entry["normal_maps"] = statistics.as_entry()
+    return entry
 
 
-def restore_fusion(checkpoint: Mapping[str, Any], generator: AnomalyMapGenerator) -> Fusion | None:
-    """Make ``generator`` fuse as the checkpoint's ``auto`` choice did; the fusion, or ``None`` if none was made."""
+def restore_fusion(checkpoint: Mapping[str, Any], model: UniASModel) -> Fusion | None:
+    """Make ``model`` map as the checkpoint's ``auto`` choice did; the fusion, or ``None`` if none was made."""
     entry = checkpoint.get(CHECKPOINT_KEY)
     if not entry:
         return None
-    fusion = Fusion(entry["kind"], tuple(entry["strides"]))
-    generator.use(fusion)
+    fusion = Fusion(entry["kind"], tuple(entry["strides"]), bool(entry.get("against_normal", False)))
+    model.head.anomaly_map.use(fusion)
+    normal = entry.get("normal_maps")
+    model.normal_maps.use(NormalMapStatistics.from_entry(normal) if fusion.against_normal and normal else None)
     return fusion

@@ -283,7 +283,7 @@ class UniAS(UniASExportMixin, AnomalibModule):
         """Fuse as the checkpoint's ``map_fusion="auto"`` choice did; a resumed training continues its random draws."""
         super().on_load_checkpoint(checkpoint)
         if self.model.head.architecture.fuses_automatically:
-            restore_fusion(checkpoint, self.model.head.anomaly_map)
+            restore_fusion(checkpoint, self.model)
         states = checkpoint.get(RNG_STATES_KEY)
         if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             restore_rng_states(states)

@@ -25,6 +25,7 @@ from .backbone import FrozenBackbone
 from .components import FeaturePreparation, HybridDecoder, PixelDecoder
 from .errors import UniASArgumentError
 from .loss import UniASLoss
+from .normal_maps import NormalMaps
 from .resolution import WorkingResolution
 from .tiling import TileGrid, Tiler, check_tiler, random_tiles
 
@@ -149,6 +150,7 @@ class UniASModel(nn.Module):
             raise UniASArgumentError(msg)
         self.backbone = backbone
         self.head = UniASHead(feature_channels=backbone.channels, architecture=architecture)
+        self.normal_maps = NormalMaps()
         self.input_size = architecture.input_size
         self.use_resolution(resolution or WorkingResolution.of(input_size=self.input_size))
 
@@ -219,11 +221,23 @@ class UniASModel(nn.Module):
                 )
             return self.head(self.backbone(images))
         with torch.no_grad():
-            if self._tiler is None:
-                return self.head(self.backbone(images))
-            tiles = self.head(self.backbone(self._tiler.tile(images)))
-            anomaly_map = self._tiler.untile(tiles.anomaly_map)
+            features = self.backbone(self._tiler.tile(images) if self._tiler is not None else images)
+            output = self.head(features)
+            if self._tiler is None and not self.normal_maps.active:
+                return output
+            anomaly_map = self._tiler.untile(output.anomaly_map) if self._tiler is not None else output.anomaly_map
+            if self.normal_maps.active:
+                anomaly_map = self.normal_maps(anomaly_map, self._descriptors(features, self._tiler))
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+    @staticmethod
+    def _descriptors(features: list[torch.Tensor], tiler: TileGrid | None) -> torch.Tensor:
+        """Each image's descriptor (B, D): its stride-16 backbone features averaged over the image (all its tiles).
+
+        The tiles per image are the grid's (a constant of the model), so an exported graph keeps a free batch size.
+        """
+        pooled = features[-1].mean(dim=(2, 3))
+        return pooled.unflatten(0, (-1, tiler.count if tiler is not None else 1)).mean(dim=1)
 
     @torch.no_grad()
     def fused_maps(
@@ -232,20 +246,34 @@ class UniASModel(nn.Module):
         """The anomaly maps (B, 1, H, W) of ``images`` under each of ``fusions``, from one reconstruction.
 
         Each is made as the model's own map is (tiles fused, then untiled and blended), so a fusion's map
-        here equals the model's map once the map generator uses that fusion (NaN pixels stay NaN here).
+        here equals the model's map once the map generator uses that fusion (NaN pixels stay NaN here), before
+        any z-score against normal images (:mod:`anomalib_unias.normal_maps`).
         ``tiler``: cut and blend with this grid of ``input_size`` tiles instead of the model's own (e.g. another
         stride or blend); the model is not changed.  Used to choose the fusion (``map_fusion: auto``) and by the
         benchmarks to score every fusion and tiling of one model.
+        """
+        return self.maps_and_descriptors(images, fusions, tiler)[0]
+
+    @torch.no_grad()
+    def maps_and_descriptors(
+        self, images: torch.Tensor, fusions: Sequence[Fusion], tiler: TileGrid | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`fused_maps` and the images' descriptors (B, D), which pick a category's normal statistics.
+
+        A fusion ``against_normal`` gives its map as it is here (its z-score is against statistics that are
+        not fixed yet while ``map_fusion: auto`` chooses; :mod:`anomalib_unias.normal_maps`).
         """
         if tiler is None:
             self._check_image_size(images)
             tiler = self._tiler
         generator = self.head.anomaly_map
         tiles = tiler.tile(images) if tiler is not None else images
-        result = self.head.reconstruct(self.backbone(tiles))
+        features = self.backbone(tiles)
+        result = self.head.reconstruct(features)
         levels = generator.level_maps(result.reconstructions, result.targets)
         maps = [generator.fuse(levels, fusion) for fusion in fusions]
-        return [tiler.untile(fused) for fused in maps] if tiler is not None else maps
+        maps = [tiler.untile(fused) for fused in maps] if tiler is not None else maps
+        return maps, self._descriptors(features, tiler)
 
     def _check_image_size(self, images: torch.Tensor) -> None:
         if self._tiler is not None and tuple(images.shape[-2:]) != self.image_size:

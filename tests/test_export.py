@@ -35,6 +35,7 @@ from anomalib_unias import export as export_module
 from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.data import UniASDemo
 from anomalib_unias.fusion_selection import CHECKPOINT_KEY, checkpoint_entry
+from anomalib_unias.normal_maps import NormalMapStatistics, nearest_category
 
 from .tiny import TINY_UNIAS
 
@@ -447,3 +448,41 @@ def test_a_fusion_chosen_by_auto_is_the_exported_map(
     outputs = _predict(xml, image_files, work, monkeypatch)
     assert _differences(outputs, auto_references)["map_rel"] <= 1e-4
     assert _differences(outputs, references)["map_corr"] < 0.99  # the paper's product map is another map
+
+
+def test_a_map_z_scored_against_normal_images_is_the_exported_map(
+    work: Path, checkpoint: Path, image_files: list[Path], monkeypatch
+) -> None:
+    """A checkpoint whose ``auto`` choice is z-scored against two categories' normal maps exports that map.
+
+    The statistics (two categories, each image's nearest by its descriptor) are written into a copy of the trained
+    checkpoint as ``FusionChoice`` writes them; OpenVINO's map must equal the eager map of the loaded model, which
+    picks a different category for different images.
+    """
+    eager = UniAS.load_from_checkpoint(checkpoint).eval()
+    images = [eager.pre_processor.transform(read_image(path, as_tensor=True)[None]) for path in image_files]
+    chosen = Fusion("mean", (16, 8), against_normal=True)
+    maps, descriptors = eager.model.maps_and_descriptors(torch.cat(images), [chosen.as_read()])
+    generator = torch.Generator().manual_seed(0)
+    statistics = NormalMapStatistics(
+        ("first", "last"),
+        descriptors[[0, -1]],
+        maps[0][[0, -1]] * torch.rand(2, 1, *maps[0].shape[-2:], generator=generator),
+        0.5 + torch.rand(2, 1, *maps[0].shape[-2:], generator=generator),
+    )
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    stored["hyper_parameters"]["map_fusion"] = "auto"
+    stored[CHECKPOINT_KEY] = checkpoint_entry(chosen, {chosen: 0.5}, statistics)
+    normal_checkpoint = work / "normal_maps.ckpt"
+    torch.save(stored, normal_checkpoint)
+    loaded = UniAS.load_from_checkpoint(normal_checkpoint).eval()
+    assert loaded.model.head.anomaly_map.fusion == chosen and loaded.model.normal_maps.active
+    assert set(nearest_category(descriptors, statistics.prototypes).tolist()) == {0, 1}
+    root = work / "normal"
+    xml = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=root).export(
+        UniAS(**TINY, pre_trained=False), export_type="openvino", ckpt_path=normal_checkpoint, export_root=root
+    )
+    with torch.inference_mode():
+        references = [loaded(read_image(path, as_tensor=True)[None]) for path in image_files]
+    outputs = _predict(xml, image_files, work, monkeypatch)
+    assert _differences(outputs, references)["map_rel"] <= 1e-4

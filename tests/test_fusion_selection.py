@@ -15,9 +15,18 @@ from sklearn.metrics import average_precision_score
 from anomalib_unias import UniAS
 from anomalib_unias.anomaly_map import PAPER_FUSION, Fusion, candidate_fusions
 from anomalib_unias.data import UniASDemo
+from anomalib_unias.data.reading import read_image
 from anomalib_unias.errors import UniASArgumentError
-from anomalib_unias.fusion_selection import BINS, CHECKPOINT_KEY, FusionScores, binned_average_precision, score_bins
+from anomalib_unias.fusion_selection import (
+    BINS,
+    CHECKPOINT_KEY,
+    FusionScores,
+    binned_average_precision,
+    positive_scores,
+    score_bins,
+)
 from anomalib_unias.layout import category_of
+from anomalib_unias.normal_maps import NormalStatistics, z_score
 
 from .tiny import TINY_UNIAS
 
@@ -118,19 +127,42 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> tuple[
     return model, engine, datamodule
 
 
+def _normal_statistics(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, ...]) -> dict[tuple, tuple]:
+    """``(fusion, category) -> (mean, spread)`` of the fusion's map over the category's training images (numpy)."""
+    maps: dict[tuple, list[np.ndarray]] = {}
+    for path in datamodule.train_data.samples.image_path:
+        image = model.pre_processor.transform(read_image(path)[None])
+        for fusion, fused in zip(fusions, model.model.fused_maps(image, fusions), strict=True):
+            maps.setdefault((fusion, category_of(path)), []).append(fused[0, 0].numpy().astype(np.float64))
+    statistics = {}
+    for key, stack in maps.items():
+        deviation = np.std(stack, axis=0)
+        statistics[key] = (np.mean(stack, axis=0), deviation + 0.1 * deviation.mean())
+    return statistics
+
+
 def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, ...]) -> dict[Fusion, float]:
-    """Every fusion's mean over categories of scikit-learn's pixel AP on the validation set, independently."""
+    """Every fusion's mean over categories of scikit-learn's pixel AP on the validation set, independently.
+
+    A fusion ``against_normal`` is z-scored per pixel with the statistics of the image's own category.
+    """
+    as_read = tuple(dict.fromkeys(fusion.as_read() for fusion in fusions))
+    normal = _normal_statistics(model, datamodule, as_read) if any(f.against_normal for f in fusions) else {}
     maps: dict[Fusion, dict[str, list[np.ndarray]]] = {fusion: {} for fusion in fusions}
     masks: dict[str, list[np.ndarray]] = {}
     model.eval()
     for batch in datamodule.val_dataloader():
         image, mask = model.pre_processor.transform(batch.image, batch.gt_mask)
-        fused = model.model.fused_maps(image, fusions)
+        fused = dict(zip(as_read, model.model.fused_maps(image, as_read), strict=True))
         for index, path in enumerate(batch.image_path):
             category = category_of(path)
             masks.setdefault(category, []).append(mask[index].bool().numpy().ravel())
-            for fusion, fusion_maps in zip(fusions, fused, strict=True):
-                maps[fusion].setdefault(category, []).append(fusion_maps[index].numpy().ravel())
+            for fusion in fusions:
+                values = fused[fusion.as_read()][index, 0].numpy()
+                if fusion.against_normal:
+                    mean, spread = normal[fusion.as_read(), category]
+                    values = (values - mean) / spread
+                maps[fusion].setdefault(category, []).append(values.ravel())
     return {
         fusion: float(
             np.mean([average_precision_score(np.concatenate(masks[c]), np.concatenate(maps[fusion][c])) for c in masks])
@@ -139,17 +171,23 @@ def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, .
     }
 
 
+def _all_candidates() -> tuple[Fusion, ...]:
+    """What ``auto`` scores on data with training images: every candidate as it is and z-scored."""
+    return candidate_fusions() + tuple(fusion.against_normal_images() for fusion in candidate_fusions())
+
+
 def test_auto_chooses_the_best_fusion_on_validation_and_fits_the_thresholds_on_its_map(trained) -> None:
     model, _, datamodule = trained
     chosen = model.model.head.anomaly_map.fusion
     assert chosen != STAND_IN  # chosen before validation: the thresholds below were fitted on the chosen map
-    independent = _validation_ap(model, datamodule, candidate_fusions())
+    independent = _validation_ap(model, datamodule, _all_candidates())
     assert independent[chosen] == pytest.approx(max(independent.values()), abs=0.005)
-    # The validation loop ran after the choice: anomalib's min/max are those of the chosen map.
+    assert model.model.normal_maps.active == chosen.against_normal
+    # The validation loop ran after the choice: anomalib's min/max are those of the model's (chosen) map.
     maxima = []
     for batch in datamodule.val_dataloader():
         image, _ = model.pre_processor.transform(batch.image, batch.gt_mask)
-        maxima.append(model.model.fused_maps(image, [chosen])[0].max())
+        maxima.append(model.model(image).anomaly_map.max())
     assert float(model.post_processor.pixel_max) == pytest.approx(float(torch.stack(maxima).max()), rel=1e-5)
 
 
@@ -158,15 +196,51 @@ def test_the_choice_is_logged_saved_and_used_by_a_loaded_checkpoint(trained, cap
     chosen = model.model.head.anomaly_map.fusion
     checkpoint_path = engine.trainer.checkpoint_callback.best_model_path
     entry = torch.load(checkpoint_path, map_location="cpu", weights_only=False)[CHECKPOINT_KEY]
-    assert Fusion(entry["kind"], tuple(entry["strides"])) == chosen
-    assert set(entry["validation_pixel_AP"]) == {fusion.name for fusion in candidate_fusions()}
-    loaded = UniAS.load_from_checkpoint(checkpoint_path)
+    assert Fusion(entry["kind"], tuple(entry["strides"]), entry["against_normal"]) == chosen
+    assert set(entry["validation_pixel_AP"]) == {fusion.name for fusion in _all_candidates()}
+    loaded = UniAS.load_from_checkpoint(checkpoint_path).eval()
     assert loaded.hparams["map_fusion"] == "auto"
     assert loaded.model.head.anomaly_map.fusion == chosen
+    image, _ = model.pre_processor.transform(next(iter(datamodule.val_dataloader())).image, None)
+    torch.testing.assert_close(loaded.model(image).anomaly_map, model.model(image).anomaly_map)
     with caplog.at_level(logging.INFO, logger="anomalib_unias"):
         engine.validate(model, datamodule=datamodule)
     (line,) = [r.getMessage() for r in caplog.records if "map_fusion 'auto'" in r.getMessage()]
     assert f"map_fusion 'auto': {chosen.name} (validation pixel AP" in line
+
+
+def test_a_z_score_reads_each_image_against_the_normal_maps_of_its_nearest_category() -> None:
+    generator = torch.Generator().manual_seed(0)
+    statistics = NormalStatistics(fusions=1)
+    # two categories: descriptors far apart, normal maps with a hot column in different places
+    for category, column, centre in (("left", 1, 0.0), ("right", 6, 10.0)):
+        for _ in range(5):
+            normal = torch.rand(1, 1, 4, 8, generator=generator) * 0.1
+            normal[..., column] += 1.0
+            statistics.update([normal], torch.full((1, 3), centre) + torch.rand(1, 3, generator=generator), [category])
+    fitted = statistics.of(0)
+    assert fitted.categories == ("left", "right")
+    test = torch.rand(2, 1, 4, 8, generator=generator) * 0.1
+    test[0, ..., 1] += 1.0  # a "left" image: its hot column is normal for its category
+    test[1, ..., 6] += 1.0
+    test[1, 0, 2, 3] += 1.0  # a "right" image with one defect pixel
+    scored = z_score(test, torch.tensor([[0.5] * 3, [10.5] * 3]), fitted)
+    for image, category in enumerate((0, 1)):
+        mean, spread = fitted.mean[category], fitted.spread[category]
+        torch.testing.assert_close(scored[image], (test[image] - mean) / spread)
+    assert scored[1].flatten().argmax() == 2 * 8 + 3  # the defect, not the category's hot column
+    assert scored[0, 0, :, 1].abs().max() < 5  # the normal hot column is no longer anomalous
+    lone = NormalStatistics(fusions=1)
+    # one category: no nearest to find
+    lone.update([torch.cat([test[:1], test[:1] * 2])], torch.zeros(2, 3), ["only", "only"])
+    assert not NormalStatistics(fusions=1).usable
+    assert z_score(test, torch.randn(2, 3), lone.of(0)).shape == test.shape
+
+
+def test_positive_scores_keep_the_order_of_z_scores_across_the_binned_range() -> None:
+    values = torch.tensor([-1e4, -3.0, -0.05, 0.0, 0.05, 2.0, 50.0, 1e4])
+    bins = score_bins(positive_scores(values))
+    assert torch.all(bins[1:] > bins[:-1])  # every z-score in a bin of its own, in order
 
 
 def _gathered_scores(rank: int, world_size: int, port: int, queue) -> None:

@@ -15,6 +15,7 @@ from lightning.pytorch import seed_everything
 from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
 from anomalib_unias.errors import UniASArgumentError
+from anomalib_unias.normal_maps import NormalMapStatistics, nearest_category
 from anomalib_unias.tiling import TileGrid, pyramid_window, random_tiles
 
 from .tiny import TINY_UNIAS
@@ -378,3 +379,30 @@ def test_a_tiled_model_exports_to_openvino_then_torch_from_one_object(tmp_path) 
     image = torch.rand(1, 3, 70, 200)
     with torch.no_grad():
         assert torch.allclose(loaded(image).anomaly_map, model(image).anomaly_map)
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_tiled_model_z_scores_the_untiled_map_with_the_category_its_tiles_describe() -> None:
+    """Normal-map statistics are per image: the descriptor averages all of an image's tiles, at any batch size."""
+    model = _tiled(image_size=(64, 192), tile_stride=(64, 64))
+    images = torch.rand(3, 3, 64, 192, dtype=torch.float64)
+    images[1] *= 0.2  # a darker image: another category
+    fusion = model.model.head.anomaly_map.fusion
+    (raw,), descriptors = model.model.maps_and_descriptors(images, [fusion])
+    for index in range(3):  # each image's descriptor: its three tiles' stride-16 features, averaged
+        tiles = [images[index : index + 1, :, :, left : left + 64] for left in (0, 64, 128)]
+        pooled = torch.cat([model.model.backbone(tile)[-1].mean(dim=(2, 3)) for tile in tiles]).mean(dim=0)
+        torch.testing.assert_close(descriptors[index], pooled)
+    statistics = NormalMapStatistics(
+        ("bright", "dark"),
+        descriptors[[0, 1]],
+        torch.rand(2, 1, 64, 192, dtype=torch.float64) * raw.max(),
+        0.5 + torch.rand(2, 1, 64, 192, dtype=torch.float64),
+    )
+    model.model.normal_maps.use(statistics)
+    output = model.model(images)
+    nearest = [0, 1, int(nearest_category(descriptors[2:], statistics.prototypes))]
+    expected = (raw - statistics.mean[nearest]) / statistics.spread[nearest]
+    torch.testing.assert_close(output.anomaly_map, expected)
+    torch.testing.assert_close(output.pred_score, expected.flatten(1).amax(dim=1))
+    torch.testing.assert_close(model.model(images[1:2]).anomaly_map, expected[1:2])  # batch of one: same map

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from ..anomaly_map import candidate_fusions
-from ..fusion_selection import CHECKPOINT_KEY, FusionScores, checkpoint_entry, describe_choice
+from ..anomaly_map import Fusion, candidate_fusions
+from ..data.reading import read_image
+from ..fusion_selection import CHECKPOINT_KEY, FusionScores, checkpoint_entry, describe_choice, positive_scores
 from ..layout import category_of
+from ..normal_maps import NormalStatistics, z_score
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +35,19 @@ class FusionChoice(Callback):
         self.entry: dict[str, Any] | None = None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Score every candidate fusion on the validation data (one extra pass, no gradients) and use the best."""
+        """Score every candidate map on the validation data (one extra pass, no gradients) and use the best.
+
+        The candidates are each fusion as it is and, where every category has at least two training images,
+        z-scored against its maps of them (one pass over the training images first).
+        """
         architecture = pl_module.model.head.architecture
         if not architecture.fuses_automatically or trainer.sanity_checking:
             return
         start = time.perf_counter()
-        scores = FusionScores(candidate_fusions(architecture.levels))
+        candidates = candidate_fusions(architecture.levels)
+        normal = normal_statistics(trainer, pl_module, candidates)
+        fitted = [normal.of(index).to(pl_module.device) for index in range(len(candidates))] if normal else []
+        scores = FusionScores(candidates + tuple(fusion.against_normal_images() for fusion in candidates if fitted))
         images = 0
         loaders = trainer.val_dataloaders
         for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
@@ -44,7 +55,10 @@ class FusionChoice(Callback):
                 if batch.gt_mask is None:
                     continue
                 image, mask = pl_module.pre_processor.transform(batch.image, batch.gt_mask)
-                maps = pl_module.model.fused_maps(image.to(pl_module.device), scores.fusions)
+                maps, descriptors = pl_module.model.maps_and_descriptors(image.to(pl_module.device), candidates)
+                maps += [
+                    positive_scores(z_score(m, descriptors, stats)) for m, stats in zip(maps, fitted, strict=False)
+                ]
                 categories = [category_of(path, default="") for path in batch.image_path]
                 scores.update(maps, mask, categories)
                 images += len(categories)
@@ -52,8 +66,10 @@ class FusionChoice(Callback):
         chosen = scores.best()
         average_precision = scores.average_precision()
         if chosen is not None:
+            statistics = fitted[candidates.index(chosen.as_read())] if chosen.against_normal else None
             pl_module.model.head.anomaly_map.use(chosen)
-            self.entry = checkpoint_entry(chosen, average_precision)
+            pl_module.model.normal_maps.use(statistics)
+            self.entry = checkpoint_entry(chosen, average_precision, statistics)
         if trainer.is_global_zero:
             logger.info("%s (%.0f s)", describe_choice(chosen, average_precision, images), time.perf_counter() - start)
 
@@ -67,3 +83,25 @@ class FusionChoice(Callback):
         del trainer, pl_module
         if self.entry is not None:
             checkpoint[CHECKPOINT_KEY] = self.entry
+
+
+def normal_statistics(
+    trainer: Trainer, pl_module: LightningModule, fusions: Sequence[Fusion], batch_size: int = 4
+) -> NormalStatistics | None:
+    """The ``fusions``' maps of the data module's training images, summed per category.
+
+    The images are read as test images are (whole, resized to the working resolution).  ``None`` without
+    training images, or where a category has fewer than two.
+    """
+    dataset = getattr(trainer.datamodule, "train_data", None) if trainer.datamodule is not None else None
+    samples = getattr(dataset, "samples", None)
+    if samples is None or not len(samples):
+        return None
+    paths = [str(path) for path in samples.image_path]
+    statistics = NormalStatistics(len(fusions))
+    for first in range(0, len(paths), batch_size):
+        chunk = paths[first : first + batch_size]
+        images = torch.cat([pl_module.pre_processor.transform(read_image(path)[None]) for path in chunk])
+        maps, descriptors = pl_module.model.maps_and_descriptors(images.to(pl_module.device), fusions)
+        statistics.update(maps, descriptors, [category_of(path, default="") for path in chunk])
+    return statistics if statistics.usable else None
