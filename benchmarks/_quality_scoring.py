@@ -101,7 +101,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category).
 
-    Fusions of levels the model does not reconstruct (``levels``) are left out.
+    Fusions of levels the model does not reconstruct (``levels``) are left out.  ``configured`` is the model's own
+    map (z-scored where ``auto`` chose that); the named fusions are the maps as they are.
     """
     model.eval()
     levels = set(model.model.head.architecture.levels)
@@ -113,6 +114,8 @@ def evaluate(
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
         half_of = [halves[str(path)] for path in batch.image_path]
         device_maps = model.model.fused_maps(image.to(model.device), list(scored.values()))
+        if "configured" in scored and model.model.normal_maps.active:  # the model's own map: z-scored
+            device_maps[list(scored).index("configured")] = model.model(image.to(model.device)).anomaly_map
         for name, device_map in zip(scored, device_maps, strict=True):
             anomaly_map = device_map.cpu()
             for half in HALVES:
