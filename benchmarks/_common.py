@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +24,18 @@ DATA_ENV = "UNIAS_DATA"
 def data_root(name: str) -> Path:
     """The folder of the real data set ``name`` (``mtd``, ``aitex``): ``$UNIAS_DATA/name``."""
     return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data")) / name
+
+
+def checkpoint_arguments(doc: str, data: str, output_help: str = "result file") -> argparse.Namespace:
+    """The command line of a script that reads one trained checkpoint: ``CKPT --root ROOT --output OUT``.
+
+    ``doc``: the script's docstring (its first line is the description); ``data``: the default data set.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--root", default=str(data_root(data)))
+    parser.add_argument("--output", type=Path, required=True, help=output_help)
+    return parser.parse_args()
 
 
 SIMD_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_int8": "AMX"}

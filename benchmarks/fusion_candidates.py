@@ -10,12 +10,9 @@ runs that ``auto`` chooses from (:func:`anomalib_unias.anomaly_map.candidate_fus
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
-from _common import HALVES, assign_halves, data_root, run_stamp
+from _common import HALVES, assign_halves, checkpoint_arguments, run_stamp
 from sklearn.metrics import average_precision_score
 
 from anomalib_unias import UniAS
@@ -46,11 +43,7 @@ def collect(model: UniAS, datamodule: UnifiedFolder, fusions: list[Fusion]) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--root", default=str(data_root("aitex")))
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+    args = checkpoint_arguments(__doc__, "aitex", "result file (markdown)")
     model = UniAS.load_from_checkpoint(args.checkpoint).eval()
     levels = model.model.head.architecture.levels
     fusions, candidates = neighbouring_runs(tuple(levels)), set(candidate_fusions(levels))

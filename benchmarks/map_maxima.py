@@ -22,14 +22,12 @@ and stride 16 alone.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from _common import HALVES, assign_halves, data_root, run_stamp
+from _common import HALVES, assign_halves, checkpoint_arguments, run_stamp
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_unias import UniAS
@@ -117,11 +115,7 @@ def maxima(tests: list[tuple], category: str) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--root", default=str(data_root("aitex")))
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+    args = checkpoint_arguments(__doc__, "aitex", "folder for maxima.md and maxima.csv")
     model = UniAS.load_from_checkpoint(args.checkpoint).eval()
     datamodule = UnifiedFolder(root=args.root, eval_batch_size=2, num_workers=0)
     datamodule.setup()

@@ -11,11 +11,9 @@ checkpoint's own earlier choice.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
-from _common import data_root, run_stamp
+from _common import checkpoint_arguments, run_stamp
 from _quality_scoring import evaluate, keep_half
 from anomalib.engine import Engine
 from lightning.pytorch.trainer.states import TrainerFn
@@ -34,15 +32,11 @@ def scores(model: UniAS, datamodule: UnifiedFolder) -> dict[str, dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--root", default=str(data_root("mtd")))
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+    args = checkpoint_arguments(__doc__, "mtd", "result file (markdown)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = UniAS.load_from_checkpoint(args.checkpoint)
     if not model.model.head.architecture.fuses_automatically:
-        parser.error(f"{args.checkpoint} was not trained with map_fusion: auto; there is no choice to make again")
+        raise SystemExit(f"{args.checkpoint} was not trained with map_fusion: auto; there is no choice to make again.")
     datamodule = UnifiedFolder(root=args.root, eval_batch_size=4, num_workers=0)
     datamodule.setup(TrainerFn.FITTING)
     keep_half(datamodule.val_data, "select")
