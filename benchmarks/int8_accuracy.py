@@ -53,6 +53,7 @@ from torchvision import tv_tensors
 from anomalib_unias import UniAS
 from anomalib_unias.data import UnifiedFolder
 from anomalib_unias.export import INT8_VARIANTS, export_openvino_precisions
+from anomalib_unias.fusion_selection import restore_fusion
 from anomalib_unias.metrics import PaperDice, PerCategory
 
 DEFAULT_ROOT = data_root("mtd")
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if model.model.head.architecture.fuses_automatically:  # keep the checkpoint's choice (validation would redo it)
         fusion = model.model.head.anomaly_map.fusion
         model = UniAS.load_from_checkpoint(args.ckpt, map_fusion=fusion.kind, map_strides=list(fusion.strides))
+        restore_fusion(torch.load(args.ckpt, map_location="cpu", weights_only=False), model.model)  # and its z-score
     datamodule = UnifiedFolder(args.root, categories=args.categories, num_workers=0)
     datamodule.setup()
     thresholds = fit_thresholds(model, datamodule)
