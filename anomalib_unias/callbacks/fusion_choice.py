@@ -15,7 +15,6 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ..anomaly_map import Fusion, candidate_fusions
-from ..data.reading import read_image
 from ..fusion_selection import CHECKPOINT_KEY, FusionScores, checkpoint_entry, describe_choice, positive_scores
 from ..layout import category_of
 from ..normal_maps import NormalStatistics, z_score
@@ -93,6 +92,9 @@ def normal_statistics(
     The images are read as test images are (whole, resized to the working resolution).  ``None`` without
     training images, or where a category has fewer than two.
     """
+    # The data package loads the demo's image libraries; importing it here keeps them out of ``import anomalib_unias``.
+    from ..data.reading import read_image  # noqa: PLC0415
+
     dataset = getattr(trainer.datamodule, "train_data", None) if trainer.datamodule is not None else None
     samples = getattr(dataset, "samples", None)
     if samples is None or not len(samples):
