@@ -80,12 +80,10 @@ def z_score(anomaly_map: torch.Tensor, descriptors: torch.Tensor, statistics: No
 class NormalStatistics:
     """Per-category sums over normal images of several fusions' maps, and the statistics they give.
 
-    Args:
-        fusions: How many fusions' maps each :meth:`update` brings (in a fixed order).
+    Every :meth:`update` brings the same fusions' maps in the same order.
     """
 
-    def __init__(self, fusions: int) -> None:
-        self.fusions = fusions
+    def __init__(self) -> None:
         self.sums: dict[str, list[torch.Tensor]] = {}  # category -> [count, descriptor sum, map sum, square sum]
 
     def update(self, maps: Sequence[torch.Tensor], descriptors: torch.Tensor, categories: Sequence[str]) -> None:
@@ -133,7 +131,6 @@ class NormalMaps(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.categories: tuple[str, ...] = ()
         self.register_buffer("prototypes", torch.zeros(0, 0), persistent=False)
         self.register_buffer("mean", torch.zeros(0, 1, 0, 0), persistent=False)
         self.register_buffer("spread", torch.zeros(0, 1, 0, 0), persistent=False)
@@ -148,12 +145,10 @@ class NormalMaps(nn.Module):
         if statistics is None:
             statistics = NormalMapStatistics((), torch.zeros(0, 0), torch.zeros(0, 1, 0, 0), torch.zeros(0, 1, 0, 0))
         statistics = statistics.to(self.mean.device)
-        self.categories = statistics.categories
         self.prototypes, self.mean, self.spread = statistics.prototypes, statistics.mean, statistics.spread
 
     def forward(self, anomaly_map: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """The z-scored map (B, 1, H, W), or ``anomaly_map`` itself when no statistics are set."""
         if not self.active:
             return anomaly_map
-        statistics = NormalMapStatistics(self.categories, self.prototypes, self.mean, self.spread)
-        return z_score(anomaly_map, descriptors, statistics)
+        return z_score(anomaly_map, descriptors, NormalMapStatistics((), self.prototypes, self.mean, self.spread))

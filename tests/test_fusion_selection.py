@@ -211,7 +211,7 @@ def test_the_choice_is_logged_saved_and_used_by_a_loaded_checkpoint(trained, cap
 
 def test_a_z_score_reads_each_image_against_the_normal_maps_of_its_nearest_category() -> None:
     generator = torch.Generator().manual_seed(0)
-    statistics = NormalStatistics(fusions=1)
+    statistics = NormalStatistics()
     # two categories: descriptors far apart, normal maps with a hot column in different places
     for category, column, centre in (("left", 1, 0.0), ("right", 6, 10.0)):
         for _ in range(5):
@@ -230,10 +230,10 @@ def test_a_z_score_reads_each_image_against_the_normal_maps_of_its_nearest_categ
         torch.testing.assert_close(scored[image], (test[image] - mean) / spread)
     assert scored[1].flatten().argmax() == 2 * 8 + 3  # the defect, not the category's hot column
     assert scored[0, 0, :, 1].abs().max() < 5  # the normal hot column is no longer anomalous
-    lone = NormalStatistics(fusions=1)
+    lone = NormalStatistics()
     # one category: no nearest to find
     lone.update([torch.cat([test[:1], test[:1] * 2])], torch.zeros(2, 3), ["only", "only"])
-    assert not NormalStatistics(fusions=1).usable
+    assert not NormalStatistics().usable
     assert z_score(test, torch.randn(2, 3), lone.of(0)).shape == test.shape
 
 

@@ -100,7 +100,7 @@ def normal_statistics(
     if samples is None or not len(samples):
         return None
     paths = [str(path) for path in samples.image_path]
-    statistics = NormalStatistics(len(fusions))
+    statistics = NormalStatistics()
     for first in range(0, len(paths), batch_size):
         chunk = paths[first : first + batch_size]
         images = torch.cat([pl_module.pre_processor.transform(read_image(path)[None]) for path in chunk])
