@@ -37,7 +37,7 @@ from torch import distributed
 
 from .anomaly_map import Fusion
 from .errors import UniASArgumentError
-from .normal_maps import NormalMapStatistics
+from .normal_maps import NormalMapStatistics, positive_scores
 
 if TYPE_CHECKING:
     from .torch_model import UniASModel
@@ -46,7 +46,13 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "unias_map_fusion"
 """Checkpoint entry of the chosen fusion: ``{"kind", "strides", "against_normal", "validation_pixel_AP": {name: AP}}``
-and, for a z-scored fusion, ``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`)."""
+and, for a z-scored fusion, ``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`)
+and ``"scale"`` (:data:`AGAINST_NORMAL_SCALE`)."""
+AGAINST_NORMAL_SCALE = "exp(asinh(z) / 4)"
+"""How a map read against normal images is scaled (:func:`~anomalib_unias.normal_maps.score_against_normal`);
+an entry without it was saved while that map was the signed z-score itself (:func:`upgrade_signed_z_scores`)."""
+POST_PROCESSOR_SCORES = ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+"""The post-processor's buffers that hold values of the map (or of its maximum, the image score)."""
 LOG10_RANGE = (-12.0, 2.0)
 """Scores are binned on a log scale over this range (a product of four maps lies in [0, 16]); below it, bin 0."""
 BINS = 4096 * 3
@@ -63,15 +69,6 @@ def score_bins(scores: torch.Tensor) -> torch.Tensor:
     logs = torch.log10(scores.float().clamp(min=10**low))
     index = ((logs - low) * (BINS / (high - low))).nan_to_num(nan=BINS - 1).long()
     return index.clamp(0, BINS - 1)
-
-
-def positive_scores(values: torch.Tensor) -> torch.Tensor:
-    """``exp(asinh(values) / 4)``: the real line onto (0, inf), strictly increasing, so ranks and pixel AP stay.
-
-    Z-scores (:mod:`anomalib_unias.normal_maps`) are signed and reach the thousands; this puts -1e4..1e4 into
-    0.08..12, inside :data:`LOG10_RANGE`; a bin spans about 0.01 of a z-score near 0 and 1 % of it beyond 1.
-    """
-    return torch.exp(torch.asinh(values) / 4)
 
 
 def binned_average_precision(counts: torch.Tensor) -> torch.Tensor:
@@ -185,7 +182,34 @@ def checkpoint_entry(
     }
     if statistics is not None:
         entry["normal_maps"] = statistics.as_entry()
+    if chosen.against_normal:
+        entry["scale"] = AGAINST_NORMAL_SCALE
     return entry
+
+
+def upgrade_signed_z_scores(checkpoint: dict[str, Any]) -> None:
+    """Put a checkpoint's thresholds on the scale of its map, where it was saved with signed z-scores.
+
+    Until 2026-12-07 a map read against normal images was the z-score itself; its thresholds and min/max were
+    fitted on it.  The map is :func:`~anomalib_unias.normal_maps.positive_scores` of the z-score now, strictly
+    increasing, so the same function of the old values splits the same pixels and images: thresholds (global and
+    per category) and min/max are mapped by it, before the state dict is loaded.  Other checkpoints are untouched.
+    """
+    entry = checkpoint.get(CHECKPOINT_KEY)
+    if not entry or not entry.get("against_normal") or entry.get("scale") == AGAINST_NORMAL_SCALE:
+        return
+    state = checkpoint.get("state_dict", {})
+    for name in POST_PROCESSOR_SCORES:
+        if (key := f"post_processor.{name}") in state:
+            state[key] = positive_scores(state[key])
+    config = checkpoint.get("anomalib_post_processor_config") or {}
+    if config.get("category_thresholds"):
+        config["category_thresholds"] = {
+            category: positive_scores(torch.tensor(values, dtype=torch.float64)).tolist()
+            for category, values in config["category_thresholds"].items()
+        }
+    entry["scale"] = AGAINST_NORMAL_SCALE
+    logger.info("UniAS: thresholds fitted on the signed z-scores of an older checkpoint moved to %s.", entry["scale"])
 
 
 def restore_fusion(checkpoint: Mapping[str, Any], model: UniASModel) -> Fusion | None:

@@ -43,11 +43,11 @@ from .checkpointing import RNG_STATES_KEY, check_overrides, restore_rng_states, 
 from .components.optimizer import LearningRateSchedule, OptimizerRecipe, clip_gradient_norm
 from .errors import UniASArgumentError, refuse
 from .export import INT8_VARIANTS, Int8Variant, UniASExportMixin
-from .fusion_selection import restore_fusion
+from .fusion_selection import restore_fusion, upgrade_signed_z_scores
 from .metrics import unias_evaluator
 from .post_processor import UniASPostProcessor
 from .pre_processor import UniASPreProcessor
-from .resolution import WorkingResolution
+from .resolution import TrainTilePositions, WorkingResolution
 from .thresholds import CategoryThresholds
 from .torch_model import UniASModel
 from .visualizer import UnifiedImageVisualizer
@@ -69,7 +69,9 @@ class UniAS(UniASExportMixin, AnomalibModule):
             Larger: cut into ``input_size`` tiles whose maps are blended into the full map (anomalib's ``Tiler``).
             ``"auto"``: read from the data when a run starts (:mod:`~anomalib_unias.resolution`).  Not in the paper.
         tile_stride: Stride (H, W) between tiles, which must cover ``image_size``; ``None`` = ``input_size``.
-        train_tiles: Training tiles per image per step, at random positions; ``None`` = every grid tile.
+        train_tiles: Training tiles per image per step, drawn at random; ``None`` = every grid tile.
+        train_tile_positions: Where those tiles are cut: ``"anywhere"`` in the image, or ``"grid"``: only the
+            tiles test and predict cut.  Not in the paper (it has no tiles).
         input_mean: RGB mean the pre-processor normalises with; ``None`` = the backbone weights' own (timm's
             ``pretrained_cfg``: ImageNet's for B4, 0.5 for EfficientNet-Lite), stored in the checkpoint.
         input_std: RGB standard deviation, as ``input_mean``.
@@ -133,6 +135,7 @@ class UniAS(UniASExportMixin, AnomalibModule):
         image_size: tuple[int, int] | Literal["auto"] | None = None,
         tile_stride: tuple[int, int] | None = None,
         train_tiles: int | None = None,
+        train_tile_positions: TrainTilePositions = "anywhere",
         pixel_dim: int = 256,
         hidden_dim: int = 256,
         num_heads: int = 4,
@@ -179,7 +182,11 @@ class UniAS(UniASExportMixin, AnomalibModule):
             lr_floor=lr_floor,
         )
         resolution = WorkingResolution.of(
-            input_size=input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
+            input_size=input_size,
+            image_size=image_size,
+            tile_stride=tile_stride,
+            train_tiles=train_tiles,
+            train_tile_positions=train_tile_positions,
         )
         if resolution.auto and pre_processor is not True:
             msg = (
@@ -281,6 +288,7 @@ class UniAS(UniASExportMixin, AnomalibModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fuse as the checkpoint's ``map_fusion="auto"`` choice did; a resumed training continues its random draws."""
+        upgrade_signed_z_scores(checkpoint)
         super().on_load_checkpoint(checkpoint)
         if self.model.head.architecture.fuses_automatically:
             restore_fusion(checkpoint, self.model)

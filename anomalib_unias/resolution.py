@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from PIL import Image
 
@@ -51,6 +51,8 @@ SIZE_SAMPLE = 2000
 
 MAX_TRAIN_TILES = 256
 """Most random training tiles per image per step: a step holds ``train_batch_size x train_tiles`` tiles."""
+TrainTilePositions = Literal["anywhere", "grid"]
+"""Where ``train_tiles`` random training tiles are cut: at any position, or only at the test grid's positions."""
 
 
 def _grid_edge(steps: int, tile: int, stride: int) -> int:
@@ -363,12 +365,15 @@ class WorkingResolution:
         image_size: The working size ``(H, W)``; ``None`` while ``"auto"`` waits for the data (:meth:`resolve`).
         tile_stride: The step ``(H, W)`` between tiles.
         train_tiles: Random training tiles per image per step; ``None`` = every grid tile.
+        train_tile_positions: Where the random training tiles are cut: ``"anywhere"`` in the image, or
+            ``"grid"``: the tiles test and predict cut (:meth:`~anomalib_unias.tiling.TileGrid.sample`).
     """
 
     input_size: tuple[int, int]
     image_size: tuple[int, int] | None
     tile_stride: tuple[int, int]
     train_tiles: int | None = None
+    train_tile_positions: TrainTilePositions = "anywhere"
 
     @classmethod
     def of(
@@ -378,6 +383,7 @@ class WorkingResolution:
         image_size: Sequence[int] | str | None = None,
         tile_stride: Sequence[int] | None = None,
         train_tiles: int | None = None,
+        train_tile_positions: TrainTilePositions = "anywhere",
     ) -> WorkingResolution:
         """The record of UniAS's arguments (``image_size`` ``None`` = ``input_size``, or ``"auto"``), checked.
 
@@ -387,8 +393,15 @@ class WorkingResolution:
         image, stride = _check_tiling(
             input_size=input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
         )
+        if train_tile_positions not in get_args(TrainTilePositions):
+            refuse(
+                "train_tile_positions",
+                train_tile_positions,
+                f"must be one of {list(get_args(TrainTilePositions))}",
+                "'anywhere'",
+            )
         tile = (int(input_size[0]), int(input_size[1]))
-        return cls(tile, None if image_size == "auto" else image, stride, train_tiles)
+        return cls(tile, None if image_size == "auto" else image, stride, train_tiles, train_tile_positions)
 
     @property
     def auto(self) -> bool:
@@ -415,7 +428,11 @@ class WorkingResolution:
             return self
         image_size, train_tiles = auto_tiling(sizes, self.input_size, self.tile_stride, self.train_tiles)
         return WorkingResolution.of(
-            input_size=self.input_size, image_size=image_size, tile_stride=self.tile_stride, train_tiles=train_tiles
+            input_size=self.input_size,
+            image_size=image_size,
+            tile_stride=self.tile_stride,
+            train_tiles=train_tiles,
+            train_tile_positions=self.train_tile_positions,
         )
 
     def with_stride(self, tile_stride: Sequence[int]) -> WorkingResolution:
@@ -425,6 +442,7 @@ class WorkingResolution:
             image_size="auto" if self.auto else self.image_size,
             tile_stride=tile_stride,
             train_tiles=self.train_tiles,
+            train_tile_positions=self.train_tile_positions,
         )
 
     def describe(self, sizes: Sequence[tuple[int, int]]) -> str:

@@ -11,8 +11,9 @@ the tile count.  anomalib's ``TilerConfigurationCallback`` sets a tiler too; :fu
 that does not fit the model, and the model tiles with a :class:`TileGrid` of its size and stride.
 
 Training sees every grid tile as a sample, or, with ``train_tiles=k``, ``k`` tiles per image cut at
-random positions (:func:`random_tiles`): a step then costs ``k`` tiles whatever the image size, while
-the model still sees the image at the working resolution.
+random positions (:func:`random_tiles`) or drawn from the grid's tiles (:meth:`TileGrid.sample`): a step
+then costs ``k`` tiles whatever the image size, while the model still sees the image at the working
+resolution.
 """
 
 from __future__ import annotations
@@ -133,6 +134,20 @@ class TileGrid(nn.Module):
         batch, channels = images.shape[:2]
         tiles = images.flatten(2).index_select(2, self.tile_index)  # (B, C, count * h * w)
         tiles = tiles.view(batch, channels, self.count, *self.tile_size).transpose(1, 2)
+        return tiles.reshape(-1, channels, *self.tile_size)
+
+    def sample(self, images: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` of the grid's tiles per image, drawn at random: (B * count, C, h, w), as :meth:`tile` orders.
+
+        Each image's tiles are a random permutation of the grid's (repeated when ``count`` exceeds the grid),
+        from torch's default generator (seeded runs repeat), so training sees the positions test cuts.
+        """
+        batch, channels = images.shape[:2]
+        rounds = -(-count // self.count)
+        order = torch.cat([torch.rand(batch, self.count).argsort(dim=1) for _ in range(rounds)], dim=1)[:, :count]
+        pixels = self.tile_index.view(self.count, -1)[order.to(self.tile_index.device)]  # (B, count, h * w)
+        tiles = images.flatten(2).gather(2, pixels.flatten(1)[:, None, :].expand(-1, channels, -1))
+        tiles = tiles.view(batch, channels, count, *self.tile_size).transpose(1, 2)
         return tiles.reshape(-1, channels, *self.tile_size)
 
     def untile(self, tile_maps: torch.Tensor) -> torch.Tensor:

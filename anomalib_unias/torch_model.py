@@ -206,19 +206,15 @@ class UniASModel(nn.Module):
         """Training: ``(loss, per-level terms)``; evaluation: ``InferenceBatch``, without an autograd graph.
 
         With a tiler, training reads the batch's tiles (every grid tile, or :attr:`train_tiles` random ones
-        per image) as samples, and evaluation untiles the tiles' maps into the image's map (overlaps blended
-        by :meth:`~anomalib_unias.tiling.TileGrid.untile`), whose maximum is the image score.  Evaluation never
-        needs gradients, and anomalib's ``TorchInferencer`` calls the model without switching them off (its
-        ``.numpy()`` then fails on tensors that require grad).
+        per image, anywhere or on the grid) as samples, and evaluation untiles the tiles' maps into the image's
+        map (overlaps blended by :meth:`~anomalib_unias.tiling.TileGrid.untile`), whose maximum is the image
+        score.  Evaluation never needs gradients, and anomalib's ``TorchInferencer`` calls the model without
+        switching them off (its ``.numpy()`` then fails on tensors that require grad).
         """
         self._check_image_size(images)
         if self.training:
             if self._tiler is not None:
-                images = (
-                    random_tiles(images, self.input_size, self.train_tiles)
-                    if self.train_tiles
-                    else self._tiler.tile(images)
-                )
+                images = self._training_tiles(images)
             return self.head(self.backbone(images))
         with torch.no_grad():
             features = self.backbone(self._tiler.tile(images) if self._tiler is not None else images)
@@ -229,6 +225,14 @@ class UniASModel(nn.Module):
             if self.normal_maps.active:
                 anomaly_map = self.normal_maps(anomaly_map, self._descriptors(features, self._tiler))
             return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+    def _training_tiles(self, images: torch.Tensor) -> torch.Tensor:
+        """The samples a training step reads: every grid tile, or :attr:`train_tiles` per image where it says."""
+        if not self.train_tiles:
+            return self._tiler.tile(images)
+        if self.resolution.train_tile_positions == "grid":
+            return self._tiler.sample(images, self.train_tiles)
+        return random_tiles(images, self.input_size, self.train_tiles)
 
     @staticmethod
     def _descriptors(features: list[torch.Tensor], tiler: TileGrid | None) -> torch.Tensor:

@@ -18,15 +18,17 @@ from anomalib_unias.data import UniASDemo
 from anomalib_unias.data.reading import read_image
 from anomalib_unias.errors import UniASArgumentError
 from anomalib_unias.fusion_selection import (
+    AGAINST_NORMAL_SCALE,
     BINS,
     CHECKPOINT_KEY,
     FusionScores,
     binned_average_precision,
-    positive_scores,
+    checkpoint_entry,
     score_bins,
+    upgrade_signed_z_scores,
 )
 from anomalib_unias.layout import category_of
-from anomalib_unias.normal_maps import NormalStatistics, z_score
+from anomalib_unias.normal_maps import NormalMapStatistics, NormalStatistics, positive_scores, z_score
 
 from .tiny import TINY_UNIAS
 
@@ -235,6 +237,49 @@ def test_a_z_score_reads_each_image_against_the_normal_maps_of_its_nearest_categ
     lone.update([torch.cat([test[:1], test[:1] * 2])], torch.zeros(2, 3), ["only", "only"])
     assert not NormalStatistics().usable
     assert z_score(test, torch.randn(2, 3), lone.of(0)).shape == test.shape
+
+
+def test_a_map_read_against_normal_images_keeps_the_order_of_its_z_scores_through_the_post_processor() -> None:
+    """Pixels below their normal mean have negative z-scores; the post-processor used to tie them all at 0."""
+    torch.manual_seed(0)
+    model = UniAS(**TINY_UNIAS, pre_trained=False, visualizer=False).eval()
+    images = torch.rand(2, 3, *TINY_UNIAS["input_size"])
+    with torch.no_grad():
+        plain = model.model(model.pre_processor(images)).anomaly_map
+    mean, spread = plain.mean(dim=0, keepdim=True), torch.full_like(plain[:1], plain.std().item())
+    statistics = NormalMapStatistics(("only",), torch.zeros(1, 8), mean, spread)
+    model.model.normal_maps.use(statistics)
+    with torch.no_grad():
+        served = model(images).anomaly_map.flatten()
+    z = z_score(plain, torch.zeros(2, 8), statistics).flatten()
+    assert (z < 0).float().mean() > 0.3
+    assert (served[z.argsort()].diff() >= 0).all()  # in the z-scores' order
+    assert served.unique().numel() >= 0.99 * z.unique().numel()  # and apart
+
+
+def test_a_checkpoint_saved_with_signed_z_scores_gets_its_thresholds_on_the_positive_scale() -> None:
+    signed = {"_pixel_threshold": -0.5, "_image_threshold": 3.0, "pixel_min": -9.0}
+    signed = {name: torch.tensor(value) for name, value in signed.items()}
+    old_entry = checkpoint_entry(Fusion("mean", (16, 8), against_normal=True), {})
+    del old_entry["scale"]  # as saved before the map was made positive
+    checkpoint = {
+        CHECKPOINT_KEY: old_entry,
+        "state_dict": {f"post_processor.{name}": value.clone() for name, value in signed.items()},
+        "anomalib_post_processor_config": {"category_thresholds": {"tile": [2.0, -1.0]}},
+    }
+    upgrade_signed_z_scores(checkpoint)
+    for name, value in signed.items():
+        torch.testing.assert_close(checkpoint["state_dict"][f"post_processor.{name}"], positive_scores(value))
+    image, pixel = checkpoint["anomalib_post_processor_config"]["category_thresholds"]["tile"]
+    assert pixel < 1 < image  # -1 and 2 on either side of z = 0, which maps to 1
+    assert checkpoint[CHECKPOINT_KEY]["scale"] == AGAINST_NORMAL_SCALE
+    upgraded = {key: value.clone() for key, value in checkpoint["state_dict"].items()}
+    upgrade_signed_z_scores(checkpoint)  # once only
+    assert all(torch.equal(checkpoint["state_dict"][key], value) for key, value in upgraded.items())
+    plain = {CHECKPOINT_KEY: checkpoint_entry(Fusion("mean", (16, 8)), {}), "state_dict": {}}
+    plain["state_dict"]["post_processor.pixel_min"] = torch.tensor(-1.0)
+    upgrade_signed_z_scores(plain)  # a map not read against normal images keeps its thresholds
+    assert plain["state_dict"]["post_processor.pixel_min"].item() == -1.0
 
 
 def test_positive_scores_keep_the_order_of_z_scores_across_the_binned_range() -> None:

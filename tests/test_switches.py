@@ -21,6 +21,7 @@ SWITCHES = {
     "hard_mining": None,
     "image_size": None,
     "train_tiles": None,
+    "train_tile_positions": "anywhere",
     "lr_schedule": "step",
     "betas": (0.9, 0.999),
     "lr_floor": 0.0,

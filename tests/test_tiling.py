@@ -15,7 +15,7 @@ from lightning.pytorch import seed_everything
 from anomalib_unias import UniAS
 from anomalib_unias.data import UniASDemo
 from anomalib_unias.errors import UniASArgumentError
-from anomalib_unias.normal_maps import NormalMapStatistics, nearest_category
+from anomalib_unias.normal_maps import NormalMapStatistics, nearest_category, positive_scores
 from anomalib_unias.tiling import TileGrid, pyramid_window, random_tiles
 
 from .tiny import TINY_UNIAS
@@ -154,6 +154,39 @@ def test_random_tiles_are_crops_of_their_own_image_and_repeat_with_the_seed() ->
         assert torch.equal(tile, image[:, top : top + 16, left : left + 32])
 
 
+def test_grid_sampled_tiles_are_the_test_grids_own_tiles_without_repeats_until_the_grid_is_used_up() -> None:
+    images = torch.rand(3, 2, 48, 80)
+    grid = TileGrid((48, 80), (16, 32), (16, 16))  # 3 x 4 = 12 overlapping tiles per image
+    every = grid.tile(images).view(3, grid.count, 2, 16, 32)
+    for count in (5, 12, 14):
+        torch.manual_seed(7)
+        tiles = grid.sample(images, count)
+        torch.manual_seed(7)
+        assert torch.equal(tiles, grid.sample(images, count))
+        assert tiles.shape == (3 * count, 2, 16, 32)
+        for image, image_tiles in enumerate(tiles.view(3, count, 2, 16, 32)):
+            positions = [next(i for i in range(grid.count) if torch.equal(t, every[image, i])) for t in image_tiles]
+            assert len(set(positions[: grid.count])) == min(count, grid.count)  # a permutation of the grid first
+
+
+def test_training_tiles_follow_train_tile_positions() -> None:
+    images = torch.rand(2, 3, 64, 192)
+    torch.manual_seed(0)
+    model = UniAS(**TINY_UNIAS, pre_trained=False, image_size=(64, 192), train_tiles=2, train_tile_positions="grid")
+    grid = model.model.tiler
+    every = grid.tile(images).view(2, grid.count, 3, 64, 64)
+    seen: list[torch.Tensor] = []
+    model.model.backbone.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    model.train()
+    model.model(images)
+    tiles = seen[0].view(2, 2, 3, 64, 64)
+    assert all(any(torch.equal(tile, grid_tile) for grid_tile in every[b]) for b in range(2) for tile in tiles[b])
+    assert model.model.resolution.with_stride((64, 64)).train_tile_positions == "grid"
+    refusal = r"train_tile_positions='tiles': must be one of \['anywhere', 'grid'\]"
+    with pytest.raises(UniASArgumentError, match=refusal):
+        UniAS(**TINY_UNIAS, pre_trained=False, image_size=(64, 192), train_tiles=2, train_tile_positions="tiles")
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -191,6 +224,8 @@ def test_the_working_resolution_is_one_checked_record_and_auto_resolves_from_ima
     assert (resolved.tiled, resolved.tile_stride, resolved.train_tiles) == (True, (64, 32), 2)
     assert resolved.resolve([(70, 100)]) is resolved  # resolved once: other data does not move it
     assert auto.resolve([(70, 100)]).train_tiles is None  # no tiling, no training tiles
+    grid_auto = WorkingResolution.of(input_size=TILE, image_size="auto", train_tiles=2, train_tile_positions="grid")
+    assert grid_auto.resolve(strips).train_tile_positions == "grid"
     # A stride set later (anomalib's TilerConfigurationCallback) is checked against the working size like the others.
     with pytest.raises(UniASArgumentError, match=r"tile_stride=\[64, 48\]: tiles of width 64 at stride 48"):
         resolved.with_stride((64, 48))
@@ -402,7 +437,7 @@ def test_a_tiled_model_z_scores_the_untiled_map_with_the_category_its_tiles_desc
     model.model.normal_maps.use(statistics)
     output = model.model(images)
     nearest = [0, 1, int(nearest_category(descriptors[2:], statistics.prototypes))]
-    expected = (raw - statistics.mean[nearest]) / statistics.spread[nearest]
+    expected = positive_scores((raw - statistics.mean[nearest]) / statistics.spread[nearest])
     torch.testing.assert_close(output.anomaly_map, expected)
     torch.testing.assert_close(output.pred_score, expected.flatten(1).amax(dim=1))
     torch.testing.assert_close(model.model(images[1:2]).anomaly_map, expected[1:2])  # batch of one: same map

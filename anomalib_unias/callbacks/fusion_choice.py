@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ..anomaly_map import Fusion, candidate_fusions
-from ..fusion_selection import CHECKPOINT_KEY, FusionScores, checkpoint_entry, describe_choice, positive_scores
+from ..fusion_selection import CHECKPOINT_KEY, FusionScores, checkpoint_entry, describe_choice
 from ..layout import category_of
-from ..normal_maps import NormalStatistics, z_score
+from ..normal_maps import NormalStatistics, score_against_normal
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class FusionChoice(Callback):
                     continue
                 image, mask = pl_module.pre_processor.transform(batch.image, batch.gt_mask)
                 maps, descriptors = pl_module.model.maps_and_descriptors(image.to(pl_module.device), candidates)
-                maps += [
-                    positive_scores(z_score(m, descriptors, stats)) for m, stats in zip(maps, fitted, strict=False)
-                ]
+                maps += [score_against_normal(m, descriptors, stats) for m, stats in zip(maps, fitted, strict=False)]
                 categories = [category_of(path, default="") for path in batch.image_path]
                 scores.update(maps, mask, categories)
                 images += len(categories)
