@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -69,7 +70,15 @@ def nearest_category(descriptors: torch.Tensor, prototypes: torch.Tensor) -> tor
     return distances.argmin(dim=1)
 
 
-def z_score(anomaly_map: torch.Tensor, descriptors: torch.Tensor, statistics: NormalMapStatistics) -> torch.Tensor:
+class Statistics(Protocol):
+    """What a z-score reads: ``prototypes`` (K, D), ``mean`` and ``spread`` (K, 1, H, W) of K categories."""
+
+    prototypes: torch.Tensor
+    mean: torch.Tensor
+    spread: torch.Tensor
+
+
+def z_score(anomaly_map: torch.Tensor, descriptors: torch.Tensor, statistics: Statistics) -> torch.Tensor:
     """``(map - mean) / spread`` of each image's map (B, 1, H, W) with the statistics of its nearest category."""
     if statistics.mean.shape[0] == 1:
         return (anomaly_map - statistics.mean) / statistics.spread
@@ -86,9 +95,7 @@ def positive_scores(values: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.asinh(values) / 4)
 
 
-def score_against_normal(
-    anomaly_map: torch.Tensor, descriptors: torch.Tensor, statistics: NormalMapStatistics
-) -> torch.Tensor:
+def score_against_normal(anomaly_map: torch.Tensor, descriptors: torch.Tensor, statistics: Statistics) -> torch.Tensor:
     """The map read against normal images: :func:`positive_scores` of its :func:`z_score`, every value > 0.
 
     Positive like every other UniAS map, so the post-processor's normalisation (``s / (s + t)`` for ``s >= 0``,
@@ -173,5 +180,4 @@ class NormalMaps(nn.Module):
         """The map read against normal images (B, 1, H, W), or ``anomaly_map`` itself when no statistics are set."""
         if not self.active:
             return anomaly_map
-        statistics = NormalMapStatistics((), self.prototypes, self.mean, self.spread)
-        return score_against_normal(anomaly_map, descriptors, statistics)
+        return score_against_normal(anomaly_map, descriptors, self)
