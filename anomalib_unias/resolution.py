@@ -1,9 +1,9 @@
 """The working resolution: the size images are worked at and the tiles it is cut into, decided here.
 
-:class:`WorkingResolution` is the record of UniAS's ``image_size``, ``tile_stride`` and ``train_tiles``: checked
-once where it is made (tiles of ``input_size`` must cover the working size exactly), ``"auto"`` kept as a state
-until :meth:`WorkingResolution.resolve` reads the data's image sizes (:func:`data_image_sizes`, the sample the
-model and the benchmarks read alike).
+:class:`WorkingResolution` is the record of UniAS's ``image_size``, ``tile_stride``, ``train_tiles`` and
+``train_tile_positions``: checked once where it is made (tiles of ``input_size`` must cover the working size
+exactly), ``"auto"`` kept as a state until :meth:`WorkingResolution.resolve` reads the data's image sizes
+(:func:`data_image_sizes`, the sample the model and the benchmarks read alike).
 
 UniAS (like every anomalib model) resizes each image to one working resolution.  When that shrinks an
 axis many times, or squashes a tall or wide image into a square, thin cracks and small pits become a
@@ -78,6 +78,17 @@ def _check_train_tiles(train_tiles: object) -> None:
             "train_tiles tiles), or null"
         )
         refuse("train_tiles", train_tiles, rule, "4")
+
+
+def _check_train_tile_positions(train_tile_positions: object) -> None:
+    """``train_tile_positions`` is one of :data:`TrainTilePositions`."""
+    if train_tile_positions not in get_args(TrainTilePositions):
+        refuse(
+            "train_tile_positions",
+            train_tile_positions,
+            f"must be one of {list(get_args(TrainTilePositions))}",
+            "'anywhere'",
+        )
 
 
 def _check_stride_range(stride: Sequence[int], tile: Sequence[int]) -> None:
@@ -393,13 +404,7 @@ class WorkingResolution:
         image, stride = _check_tiling(
             input_size=input_size, image_size=image_size, tile_stride=tile_stride, train_tiles=train_tiles
         )
-        if train_tile_positions not in get_args(TrainTilePositions):
-            refuse(
-                "train_tile_positions",
-                train_tile_positions,
-                f"must be one of {list(get_args(TrainTilePositions))}",
-                "'anywhere'",
-            )
+        _check_train_tile_positions(train_tile_positions)
         tile = (int(input_size[0]), int(input_size[1]))
         return cls(tile, None if image_size == "auto" else image, stride, train_tiles, train_tile_positions)
 
