@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import cpu_name
-from _quality_scoring import METRICS
+from _quality_scoring import CURVE_METRICS, METRICS
 
 LABELS = {"unias": "UniAS", "patchcore": "PatchCore", "padim": "PaDiM"}
 
@@ -137,11 +137,11 @@ def plot_learning_curve(output: Path, jobs: dict[str, dict]) -> None:
     curve = jobs["unias"]["curve"]
     (output / "learning_curve.csv").write_text(
         "epoch,train_seconds,train_loss,"
-        + ",".join(METRICS[:3])
+        + ",".join(CURVE_METRICS)
         + "\n"
         + "".join(
             f"{r['epoch']},{r['train_seconds']},{r['train_loss']:.5f},"
-            + ",".join(f"{100 * r.get(m, float('nan')):.2f}" for m in METRICS[:3])
+            + ",".join(f"{100 * r.get(m, float('nan')):.2f}" for m in CURVE_METRICS)
             + "\n"
             for r in curve
         )

@@ -37,11 +37,11 @@ FUSIONS = {
 """Map fusions scored from the same reconstructions.  A level alone is its smoothed map, as it enters the
 paper's product."""
 CURVE_FUSIONS = ("configured", "product", "mean", "product_16_8", "mean_16_8", "stride16 alone")
-CURVE_METRICS = ("pixel_AP", "DSC", "F1max_Dice")
+CURVE_METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUPRO")
 
 
 class LearningCurve(Callback):
-    """Time each training epoch; at ``curve_epochs`` score the test set (pAP, DSC, F1max-Dice)."""
+    """Time each training epoch; at ``curve_epochs`` score the test set (:data:`CURVE_METRICS`)."""
 
     def __init__(self, datamodule: AnomalibDataModule, curve_epochs: set[int]) -> None:
         self.datamodule = datamodule
