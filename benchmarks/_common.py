@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -77,6 +78,16 @@ def median_seconds(
     return statistics.median(durations)
 
 
+def compile_for_cpu(model: str | Path, threads: int) -> Any:
+    """An OpenVINO model compiled for the CPU as the speed tables time it.
+
+    ``threads`` threads and the latency hint; everything else (the precision hint included) on the runtime's defaults.
+    """
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+
+
 def openvino_speed(
     model: str | Path, threads: int, batches: Sequence[int], image_shape: Sequence[int], repeats: int
 ) -> list[dict]:
@@ -87,9 +98,8 @@ def openvino_speed(
     runs the float layers in: f32, or bf16 by default on CPUs with bfloat16 units).
     """
     import numpy as np
-    import openvino as ov
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = compile_for_cpu(model, threads)
     precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     request = compiled.create_infer_request()
     rng = np.random.default_rng(0)

@@ -32,13 +32,22 @@ import csv
 import json
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, median_seconds, openvino_speed, peak_rss_mib, run_stamp, run_worker
+from _common import (
+    RESULTS,
+    compile_for_cpu,
+    median_seconds,
+    openvino_speed,
+    peak_rss_mib,
+    run_stamp,
+    run_worker,
+)
 
 BACKBONE = "tf_efficientnet_lite0"
 CPU_WIDTHS = {"pixel_dim": 64, "hidden_dim": 64, "ffn_dim": 256, "num_encoder_layers": 1, "neighbour_size": 5}
@@ -182,7 +191,43 @@ def worker_openvino(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**row, "fixed_batch": not batch.is_dynamic} for row in rows]
 
 
-WORKERS = {"eager": worker_eager, "export": worker_export, "openvino": worker_openvino}
+def worker_paired(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """UniAS eager and its INT8 export in one process, timed in alternating blocks on the same images.
+
+    Each round times both (the median of ``repeats`` calls each), the order swapped every round, so the ratio of a
+    round compares the same minutes of the machine: the separate processes of the main table run minutes apart,
+    and a shared machine's speed drifts between them.
+    """
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    deployment = DEPLOYMENTS[spec["deployment"]]
+    model = build(spec)
+    request = compile_for_cpu(spec["xml"], spec["threads"]).create_infer_request()
+    rows = []
+    with torch.inference_mode():
+        for batch in deployment["batches"]:
+            images = torch.rand(batch, 3, *deployment["input"])
+            array = images.numpy()
+            calls = {
+                "eager": lambda images=images: model(images),
+                "int8": lambda array=array: request.infer({0: array}),
+            }
+            for round_index in range(spec["rounds"]):
+                order = ("eager", "int8") if round_index % 2 == 0 else ("int8", "eager")
+                seconds = {name: median_seconds(calls[name], spec["repeats"]) for name in order}
+                rows.append(
+                    {
+                        "batch": batch,
+                        "round": round_index,
+                        "eager_images_per_s": batch / seconds["eager"],
+                        "int8_images_per_s": batch / seconds["int8"],
+                    }
+                )
+    return rows
+
+
+WORKERS = {"eager": worker_eager, "export": worker_export, "openvino": worker_openvino, "paired": worker_paired}
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -204,6 +249,11 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 print(f"[{name}] {model}: OpenVINO {row['step']} ...", flush=True)
                 timed = run_worker(__file__, "openvino", {**spec, "xml": row["path"]})
                 rows += [{**label, "runtime": f"openvino {row['step']}", **timed_row} for timed_row in timed]
+            if model == "unias":
+                (int8,) = (row["path"] for row in exported if row["step"] == "int8")
+                print(f"[{name}] unias: eager and INT8 in alternating rounds ...", flush=True)
+                paired = run_worker(__file__, "paired", {**spec, "xml": int8, "rounds": args.rounds})
+                rows += [{**label, "runtime": "paired", **row} for row in paired]
     for tiles, (image_size, stride) in EXPORT_TILINGS.items():
         print(f"export of a {tiles}-tile UniAS ...", flush=True)
         spec = {**common, "tiling": [list(image_size), list(stride)], "folder": str(work / f"tiles{tiles}")}
@@ -240,6 +290,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
             f"{1000 / row['images_per_s']:.1f} | {speedup} | "
             f"{row['peak_rss_mib']:.0f} |"
         )
+    lines += paired_table(rows, args)
     lines += [
         "",
         "Export seconds (`to_openvino`, FP32):",
@@ -254,15 +305,43 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
     return "\n".join(lines) + "\n"
 
 
+def paired_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """INT8 as a multiple of eager from :func:`worker_paired`'s rounds: median, range, rounds at 3x or more."""
+    lines = [
+        "",
+        f"UniAS INT8 against eager PyTorch timed in one process, in {args.rounds} alternating rounds (each the median "
+        f"of {args.repeats} calls per runtime, the order swapped every round; same images):",
+        "",
+        "| deployment | batch | eager images/s (median) | INT8 images/s (median) | INT8 x eager (median) "
+        "| lowest | highest | rounds at 3x or more |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["runtime"] == "paired":
+            groups.setdefault((row["deployment"], row["batch"]), []).append(row)
+    for (deployment, batch), rounds in groups.items():
+        ratios = [r["int8_images_per_s"] / r["eager_images_per_s"] for r in rounds]
+        eager = statistics.median(r["eager_images_per_s"] for r in rounds)
+        int8 = statistics.median(r["int8_images_per_s"] for r in rounds)
+        lines.append(
+            f"| {deployment} | {batch} | {eager:.2f} | {int8:.2f} | {statistics.median(ratios):.2f} | "
+            f"{min(ratios):.2f} | {max(ratios):.2f} | {sum(ratio >= 3 for ratio in ratios)} of {len(ratios)} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measure (default 8, --quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating eager/INT8 rounds (default 6, --quick 2)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 repeats, 1 %% of the memory bank")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.command = shlex.join(["python", "benchmarks/line_speed.py", *sys.argv[1:]])
     args.repeats = args.repeats or (2 if args.quick else 8)
+    args.rounds = args.rounds or (2 if args.quick else 6)
     args.bank_scale = 0.01 if args.quick else 1.0
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="unias_line_speed_") as tmp:
@@ -282,6 +361,9 @@ def main() -> None:
         "peak_rss_mib",
         "tiles",
         "seconds",
+        "round",
+        "eager_images_per_s",
+        "int8_images_per_s",
     ]
     with (args.output / f"{stem}.csv").open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")

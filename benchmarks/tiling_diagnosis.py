@@ -1,6 +1,6 @@
 """What the tiles lose on Magnetic Tile Defects: the 128 x 128 squash against tiled variants at equal training time.
 
-    python benchmarks/tiling_diagnosis.py                # seven UniAS runs of configs/mtd.yaml, ~110 min on 2 cores
+    python benchmarks/tiling_diagnosis.py                # eight UniAS runs of configs/mtd.yaml, ~155 min on 2 cores
     python benchmarks/tiling_diagnosis.py --epochs 2     # a smoke test of this script
 
 Each variant is one ``python benchmarks/quality.py --models unias`` run (``configs/mtd.yaml`` with ``--set``
@@ -18,7 +18,9 @@ three things a tiled model changes at once:
   batch and steps with tiles cut anywhere.
 
 A variant whose step costs ``k`` times the squash's gets ``1/k`` of its epochs (``--epochs`` is the squash's), so
-each trains for about the same wall time; the table says the measured time.  Writes ``diagnosis.md`` and
+each trains for about the same wall time; the table says the measured time.  One row breaks that rule on purpose:
+``tiled_256_every_tile_equal_epochs`` trains every tile for the squash's epochs, so the tiled model sees each part
+of each image as often as the squash does, at four times the compute.  Writes ``diagnosis.md`` and
 ``diagnosis.csv`` to ``--output`` (default ``benchmarks/results/mtd_tiled_diagnosis``).
 """
 
@@ -59,6 +61,11 @@ VARIANTS = {
         "256 in 128-px tiles, four random tiles per image per step (every-tile's batch and steps)",
         {"image_size": "[256,256]", "train_tiles": "4"},
         4,
+    ),
+    "tiled_256_every_tile_equal_epochs": (
+        "as every tile, for the squash's epochs (four times its training time)",
+        {"image_size": "[256,256]", "train_tiles": "null"},
+        1,
     ),
     "tiled_256_random_tile_overlap": (
         "as above, tested with half-overlapping tiles (stride 64, pyramid blend)",
