@@ -62,14 +62,14 @@ VARIANTS = {
         {"image_size": "[256,256]", "train_tiles": "4"},
         4,
     ),
-    "tiled_256_every_tile_equal_epochs": (
-        "as every tile, for the squash's epochs (four times its training time)",
-        {"image_size": "[256,256]", "train_tiles": "null"},
+    "tiled_256_random_tile_overlap": (
+        "tiled_256_random_tile tested with half-overlapping tiles (stride 64, pyramid blend)",
+        {"image_size": "[256,256]", "train_tiles": "1", "tile_stride": "[64,64]"},
         1,
     ),
-    "tiled_256_random_tile_overlap": (
-        "as above, tested with half-overlapping tiles (stride 64, pyramid blend)",
-        {"image_size": "[256,256]", "train_tiles": "1", "tile_stride": "[64,64]"},
+    "tiled_256_every_tile_equal_epochs": (
+        "256 in four 128-px tiles, every tile per step, for the squash's epochs (four times its training time)",
+        {"image_size": "[256,256]", "train_tiles": "null"},
         1,
     ),
 }
