@@ -16,6 +16,8 @@ on the same backbone at the same resolution (blocks 2 and 4 as in ``benchmarks/q
 tiling for the strips, 128-px tiles without overlap) in eager and as anomalib's OpenVINO FP32 export; PatchCore's
 memory bank holds random features of the size a 10 % coreset of the data set's training patches would have.
 Images/s at batch 1 and at a larger batch, and each configuration's peak memory (every one in its own process).
+Then UniAS eager and INT8 once more in one process, in alternating rounds (``--rounds``): INT8 as a multiple of
+eager measured over the same minutes of the machine, which separate processes minutes apart are not.
 
 Then the export itself: seconds of ``to_openvino`` for UniAS models of 4, 31 and 189 tiles (a 2 x 2 grid, an
 AITEX strip at half size, a full-size strip at stride 64): the tiles are cut and blended by one gather each, so
