@@ -78,14 +78,16 @@ def median_seconds(
     return statistics.median(durations)
 
 
-def compile_for_cpu(model: str | Path, threads: int) -> Any:
+def compile_for_cpu(model: str | Path, threads: int, performance_counters: bool = False) -> Any:
     """An OpenVINO model compiled for the CPU as the speed tables time it.
 
     ``threads`` threads and the latency hint; everything else (the precision hint included) on the runtime's defaults.
+    ``performance_counters`` turns on the per-layer counters (``profiling_info`` of a request), for profiles only.
     """
     import openvino as ov
 
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": performance_counters}
+    return ov.Core().compile_model(model, "CPU", config)
 
 
 def openvino_speed(
