@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, compile_for_cpu, run_stamp
-from line_speed import DEPLOYMENTS, INT8_CALIBRATION, unias_model
+from line_speed import DEPLOYMENTS, worker_export
 
 DEPLOYMENT = "mtd"
 LAYER_GROUPS = {
@@ -72,24 +72,6 @@ def profile(xml: str | Path, threads: int, batches: tuple[int, ...], calls: int)
     return result
 
 
-def export_both(folder: Path, threads: int) -> dict[str, Path]:
-    """The FP32 export and its ``head-int8`` quantisation (calibrated on random images of the deployment's size)."""
-    import numpy as np
-    import openvino as ov
-    import torch
-
-    from anomalib_unias.export import quantize_int8
-
-    torch.set_num_threads(threads)
-    deployment = DEPLOYMENTS[DEPLOYMENT]
-    fp32 = Path(unias_model(deployment["image_size"], deployment["stride"]).to_openvino(folder, "fp32"))
-    rng = np.random.default_rng(0)
-    images = [rng.random((1, 3, *deployment["input"]), dtype=np.float32) for _ in range(INT8_CALIBRATION)]
-    int8 = quantize_int8(ov.Core().read_model(fp32), images, variant="head-int8")
-    ov.save_model(int8, fp32.with_name("int8.xml"), compress_to_fp16=False)
-    return {"fp32": fp32, "int8 (head-int8)": fp32.with_name("int8.xml")}
-
-
 def table(profiles: dict[str, dict[int, dict[str, dict]]], key: str, title: str) -> list[str]:
     """One row per precision or group and batch: ms per call of each model side by side, and what INT8 saves."""
     models = list(profiles)
@@ -128,7 +110,9 @@ def main() -> None:
     start = time.perf_counter()
     batches = DEPLOYMENTS[DEPLOYMENT]["batches"]
     with tempfile.TemporaryDirectory(prefix="unias_openvino_profile_") as tmp:
-        models = export_both(Path(tmp), args.threads)
+        spec = {"deployment": DEPLOYMENT, "model": "unias", "threads": args.threads, "folder": tmp, "precisions": True}
+        paths = {row["step"]: row["path"] for row in worker_export(spec)}  # line_speed.py's FP32 and head-int8 models
+        models = {"fp32": paths["fp32"], "int8 (head-int8)": paths["int8"]}
         profiles = {name: profile(xml, args.threads, batches, calls) for name, xml in models.items()}
     height, width = DEPLOYMENTS[DEPLOYMENT]["input"]
     lines = [
