@@ -23,6 +23,7 @@ from sklearn.metrics import average_precision_score
 from anomalib_unias import UniAS
 from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
+from anomalib_unias.data.reading import read_image, read_mask
 from anomalib_unias.metrics import unias_evaluator
 
 METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel_AUPRO")
@@ -138,6 +139,42 @@ def evaluate(
             metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in metrics
         }
         for (name, half), evaluator in evaluators.items()
+    }
+
+
+@torch.no_grad()
+def pixel_ap_at_image_size(model: UniAS, datamodule: AnomalibDataModule) -> dict[str, float]:
+    """Pixel AP of the model's own map on each test half, scored at every image's own size (categories pooled).
+
+    :func:`evaluate` scores at the working resolution, where models of different ``image_size`` are graded on
+    masks resized differently (a 128 x 128 squash on masks shrunk to 128 x 128, a model worked at 256 x 256 on
+    masks at 256 x 256).  Here each map is resized (bilinear) to its image's own size and scored against the mask
+    file as it is, so two working resolutions are compared on the same pixels.
+    """
+    model.eval()
+    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    scores: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
+    truths: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
+    for batch in datamodule.test_dataloader():
+        image, _ = model.pre_processor.transform(batch.image, batch.gt_mask)
+        maps = model.model(image.to(model.device)).anomaly_map.float().cpu()
+        for index, path in enumerate(batch.image_path):
+            size = tuple(read_image(path).shape[-2:])
+            defective = bool(batch.gt_label[index])
+            truth = (
+                read_mask(batch.mask_path[index], size)[0].bool() if defective else torch.zeros(size, dtype=torch.bool)
+            )
+            resized = torch.nn.functional.interpolate(
+                maps[index].reshape(1, 1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False
+            )
+            scores[halves[str(path)]].append(resized.reshape(-1).numpy())
+            truths[halves[str(path)]].append(truth.reshape(-1).numpy())
+    return {
+        f"configured ({half})": float(
+            average_precision_score(np.concatenate(truths[half]), np.concatenate(scores[half]))
+        )
+        for half in HALVES
+        if scores[half]
     }
 
 

@@ -41,7 +41,7 @@ import yaml
 from _baselines import BASELINE_BACKBONE, best_blur, padim, patchcore
 from _common import REPO, RESULTS, data_root, peak_rss_mib, run_stamp
 from _quality_report import LABELS, write_report
-from _quality_scoring import FUSIONS, METRICS, LearningCurve, MapCollector, evaluate, keep_half
+from _quality_scoring import FUSIONS, METRICS, LearningCurve, MapCollector, evaluate, keep_half, pixel_ap_at_image_size
 from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
@@ -207,10 +207,11 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
-    levels = {}
+    levels, at_image_size = {}, {}
     if name == "unias":  # every map fusion on both test halves, before the test set is split for the tests
         settings["map"] = model.model.head.anomaly_map.fusion.name  # the recipe's, or the one auto chose
         levels = evaluate(model, datamodule, fusions=["configured", *FUSIONS], metrics=METRICS)
+        at_image_size = pixel_ap_at_image_size(model, datamodule)
     job = {"settings": settings, "collector": collector}
     results, selection, test_seconds = test_on_halves(name, model, engine, datamodule, args, job)
     summary = {
@@ -235,6 +236,7 @@ def run_job(name: str, args: argparse.Namespace) -> None:
         "per_defect": collector.per_defect_ap(),
         "per_category": per_category,
         "levels": levels,
+        "pixel_AP_at_image_size": at_image_size,
     }
     (output / f"{name}.json").write_text(json.dumps(job, indent=1))
     collector.save_panel_maps(output / f"{name}_maps.npz")

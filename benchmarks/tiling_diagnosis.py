@@ -32,6 +32,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import mean
 
 from _common import REPO, RESULTS, data_root, run_stamp
 
@@ -74,14 +75,16 @@ VARIANTS = {
     ),
 }
 """Variant -> (what it tests, UniAS overrides of configs/mtd.yaml, cost of a training step against the squash's)."""
+DEFAULT_SEED = 133
+"""``quality.py``'s seed: its runs keep the variant's bare name as their folder."""
 LEARNING_RATE = "5e-4"
 """Every variant's learning rate, whatever ``configs/mtd.yaml`` ships: the rate the table's first rows trained at."""
 FIXED_FUSIONS = ("product", "mean_16_8", "stride16 alone")
 """Fixed fusions reported beside the recipe's own choice (``map_fusion: auto``), on the held-out half."""
 
 
-def run_variant(name: str, overrides: dict[str, str], epochs: int, output: Path, root: str) -> None:
-    """One ``quality.py`` UniAS run of ``configs/mtd.yaml`` with ``overrides``, into ``output / name``."""
+def run_variant(name: str, overrides: dict[str, str], epochs: int, folder: Path, root: str, seed: int) -> None:
+    """One ``quality.py`` UniAS run of ``configs/mtd.yaml`` with ``overrides`` and ``seed``, into ``folder``."""
     command = [
         sys.executable,
         str(REPO / "benchmarks" / "quality.py"),
@@ -94,7 +97,9 @@ def run_variant(name: str, overrides: dict[str, str], epochs: int, output: Path,
         "--max-epochs",
         str(epochs),
         "--output",
-        str(output / name),
+        str(folder),
+        "--seed",
+        str(seed),
         "--set",
         f"learning_rate={LEARNING_RATE}",
         *(f"{key}={value}" for key, value in overrides.items()),
@@ -109,12 +114,19 @@ def finished(folder: Path, epochs: int) -> bool:
     return result.exists() and json.loads(result.read_text())["summary"]["settings"]["max_epochs"] == epochs
 
 
-def table_row(name: str, what: str, epochs: int, output: Path) -> dict[str, object]:
-    """The variant's numbers from its ``unias.json``: held-out pAP of the chosen and of fixed fusions, times."""
-    job = json.loads((output / name / "unias.json").read_text())
+def folder_name(variant: str, seed: int) -> str:
+    """A run's folder: the variant's name, with the seed where it is not quality.py's default."""
+    return variant if seed == DEFAULT_SEED else f"{variant}_seed{seed}"
+
+
+def table_row(name: str, what: str, epochs: int, seed: int, output: Path) -> dict[str, object]:
+    """The run's numbers from its ``unias.json``: held-out pAP of the chosen and of fixed fusions, times."""
+    job = json.loads((output / folder_name(name, seed) / "unias.json").read_text())
     summary, levels = job["summary"], job["levels"]
+    at_image_size = job.get("pixel_AP_at_image_size", {}).get("configured (holdout)")
     row: dict[str, object] = {
         "variant": name,
+        "seed": seed,
         "what it tests": what,
         "input_size": "x".join(map(str, summary["input_size"])),
         "image_size": "x".join(map(str, summary["image_size"])),
@@ -127,6 +139,8 @@ def table_row(name: str, what: str, epochs: int, output: Path) -> dict[str, obje
         # the post-processor, which tied every pixel below its normal mean at 0 (normal_maps.score_against_normal).
         "pAP held-out": round(100 * levels["configured (holdout)"]["pixel_AP"], 2),
         "pAP select": round(100 * levels["configured (select)"]["pixel_AP"], 2),
+        # Runs older than this column did not score it: n/a, never a number from another resolution.
+        "pAP held-out, images' own size": "n/a" if at_image_size is None else round(100 * at_image_size, 2),
     }
     for fusion in FIXED_FUSIONS:
         row[f"{fusion} held-out"] = round(100 * levels[f"{fusion} (holdout)"]["pixel_AP"], 2)
@@ -146,37 +160,69 @@ def write_tables(rows: list[dict[str, object]], output: Path, command: str) -> s
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows),
+        *seed_summary(rows),
         "",
         "pAP: pixel AP at the working resolution (mean over the data set's categories) on the held-out half of the "
         "test set, of the model's own map (each run's `levels.md`, `configured`); the select half chose the map "
         "(`map_fusion: auto`); fixed fusions are scored on the same weights. Rows trained before commit cf29ddb with "
         "a z-scored map chosen read 0.4-0.5 lower in their own `quality.md` (anomalib's test saw that map after a "
-        "post-processor that tied the negative z-scores at 0).",
+        "post-processor that tied the negative z-scores at 0). `pAP held-out, images' own size`: the same map resized "
+        "(bilinear) to each image's own size and scored against the mask file as it is, so that models worked at "
+        "different resolutions are graded on the same pixels (`_quality_scoring.pixel_ap_at_image_size`).",
     ]
     text = "\n".join(lines) + "\n"
     (output / "diagnosis.md").write_text(text)
     return text
 
 
+def seed_summary(rows: list[dict[str, object]]) -> list[str]:
+    """Markdown lines: each variant's held-out pAP over its seeds (mean, lowest, highest), where it has several."""
+    by_variant: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_variant.setdefault(str(row["variant"]), []).append(row)
+    if all(len(runs) < 2 for runs in by_variant.values()):
+        return []
+    columns = ("pAP held-out", "pAP held-out, images' own size")
+    lines = [
+        "",
+        "Over seeds (held-out pAP: mean, lowest-highest):",
+        "",
+        "| variant | seeds | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for variant, runs in by_variant.items():
+        cells = []
+        for column in columns:
+            values = [float(run[column]) for run in runs if run[column] != "n/a"]
+            cells.append(f"{mean(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "n/a")
+        seeds = ", ".join(str(run["seed"]) for run in runs)
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=12, help="the squash's epochs (others: scaled by step cost)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED], help="one run per variant and seed")
     parser.add_argument("--root", default=str(data_root("mtd")), help="MVTec-layout dataset root (default: MTD)")
     parser.add_argument("--output", default=str(RESULTS / "mtd_tiled_diagnosis"))
     args = parser.parse_args()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.variants:
-        what, overrides, cost = VARIANTS[name]
-        epochs = max(1, round(args.epochs / cost))
-        if not finished(output / name, epochs):  # a rerun with the same --epochs continues where the last stopped
-            run_variant(name, overrides, epochs, output, args.root)
-        rows.append(table_row(name, what, epochs, output))
+    for seed in args.seeds:
+        for name in args.variants:
+            what, overrides, cost = VARIANTS[name]
+            epochs = max(1, round(args.epochs / cost))
+            if not finished(output / folder_name(name, seed), epochs):  # a rerun continues where the last stopped
+                run_variant(name, overrides, epochs, output / folder_name(name, seed), args.root, seed)
+            rows.append(table_row(name, what, epochs, seed, output))
     command = "python benchmarks/tiling_diagnosis.py"
-    command += f" --epochs {args.epochs}" if args.epochs != parser.get_default("epochs") else ""
-    command += f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else ""
+    for flag in ("epochs", "variants", "seeds", "output"):
+        value = getattr(args, flag)
+        if value != parser.get_default(flag):
+            command += f" --{flag} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
     print(write_tables(rows, output, command))
 
 
