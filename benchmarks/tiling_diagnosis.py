@@ -2,6 +2,8 @@
 
     python benchmarks/tiling_diagnosis.py                # eight UniAS runs of configs/mtd.yaml, ~155 min on 2 cores
     python benchmarks/tiling_diagnosis.py --epochs 2     # a smoke test of this script
+    python benchmarks/tiling_diagnosis.py --variants squash_128 tiled_256_every_tile --seeds 133 5 7 \
+        --output benchmarks/results/mtd_tiled_seeds     # the squash against the best tiled variant over seeds
 
 Each variant is one ``python benchmarks/quality.py --models unias`` run (``configs/mtd.yaml`` with ``--set``
 overrides, the same seed, data and halves), in its own folder under ``--output``.  The variants separate the
@@ -16,6 +18,10 @@ three things a tiled model changes at once:
   separate what differs between it and ``tiled_256_every_tile``: ``tiled_256_grid_tile`` cuts its one tile at
   the test grid's positions (``train_tile_positions: grid``), ``tiled_256_four_random_tiles`` takes every-tile's
   batch and steps with tiles cut anywhere.
+
+Every run also scores its own map at each image's own size (the map resized to it, the mask file as it is), so
+that the squash and the tiled models, worked at different resolutions, are graded on the same pixels; with
+``--seeds`` each variant runs once per seed and the table adds each variant's mean over them.
 
 A variant whose step costs ``k`` times the squash's gets ``1/k`` of its epochs (``--epochs`` is the squash's), so
 each trains for about the same wall time; the table says the measured time.  One row breaks that rule on purpose:
