@@ -152,7 +152,10 @@ def pixel_ap_at_image_size(model: UniAS, datamodule: AnomalibDataModule) -> dict
     file as it is, so two working resolutions are compared on the same pixels.
     """
     model.eval()
-    halves = assign_halves(list(datamodule.test_data.samples.image_path))
+    samples = datamodule.test_data.samples
+    halves = assign_halves(list(samples.image_path))
+    # Masks by the samples table: on AITEX a test batch came with ``mask_path`` None.
+    mask_of = dict(zip(samples.image_path.map(str), samples.mask_path, strict=True))
     scores: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
     truths: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
     for batch in datamodule.test_dataloader():
@@ -161,9 +164,7 @@ def pixel_ap_at_image_size(model: UniAS, datamodule: AnomalibDataModule) -> dict
         for index, path in enumerate(batch.image_path):
             size = tuple(read_image(path).shape[-2:])
             defective = bool(batch.gt_label[index])
-            truth = (
-                read_mask(batch.mask_path[index], size)[0].bool() if defective else torch.zeros(size, dtype=torch.bool)
-            )
+            truth = read_mask(mask_of[str(path)], size)[0].bool() if defective else torch.zeros(size, dtype=torch.bool)
             resized = torch.nn.functional.interpolate(
                 maps[index].reshape(1, 1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False
             )
