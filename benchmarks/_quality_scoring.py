@@ -23,8 +23,9 @@ from sklearn.metrics import average_precision_score
 from anomalib_unias import UniAS
 from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
-from anomalib_unias.data.reading import read_image, read_mask
+from anomalib_unias.data.reading import read_mask
 from anomalib_unias.metrics import unias_evaluator
+from anomalib_unias.resolution import image_sizes
 
 METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 PANEL_IMAGES_PER_DEFECT = 2
@@ -93,17 +94,61 @@ def keep_half(dataset: Any, half: str) -> None:
     dataset.samples = dataset.samples[dataset.samples.image_path.map(halves).eq(half)].reset_index(drop=True)
 
 
+class ImageSizePixelAP:
+    """Pixel AP of one map on each test half, scored at every image's own size (categories pooled).
+
+    :func:`evaluate` scores at the working resolution, where models of different ``image_size`` are graded on
+    masks resized differently (a 128 x 128 squash on masks shrunk to 128 x 128, a model worked at 256 x 256 on
+    masks at 256 x 256).  Here each map is resized (bilinear) to its image's own size (read from the file's
+    header) and scored against the mask file as it is, so two working resolutions are compared on the same pixels.
+    :func:`evaluate` feeds it the model's own map.
+    """
+
+    def __init__(self, samples: Any) -> None:
+        paths = [str(path) for path in samples.image_path]
+        self.halves = assign_halves(paths)
+        # Masks and labels by the samples table: on AITEX a test batch came with ``mask_path`` None.
+        self.mask_of = dict(zip(paths, samples.mask_path, strict=True))
+        self.scores: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
+        self.truths: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
+
+    def update(self, maps: torch.Tensor, paths: Sequence[str], labels: torch.Tensor) -> None:
+        """Add a batch of maps ``(B, 1, h, w)`` at the working resolution, with the images' paths and labels."""
+        for index, (path, size) in enumerate(zip(paths, image_sizes(paths), strict=True)):
+            if bool(labels[index]):
+                truth = read_mask(self.mask_of[str(path)], size)[0].bool()
+            else:
+                truth = torch.zeros(size, dtype=torch.bool)
+            resized = torch.nn.functional.interpolate(
+                maps[index].float().reshape(1, 1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False
+            )
+            self.scores[self.halves[str(path)]].append(resized.reshape(-1).numpy())
+            self.truths[self.halves[str(path)]].append(truth.reshape(-1).numpy())
+
+    def compute(self) -> dict[str, float]:
+        """``{"configured (<half>)": pixel AP}`` for each half that holds images."""
+        return {
+            f"configured ({half})": float(
+                average_precision_score(np.concatenate(self.truths[half]), np.concatenate(self.scores[half]))
+            )
+            for half in HALVES
+            if self.scores[half]
+        }
+
+
 @torch.no_grad()
 def evaluate(
     model: UniAS,
     datamodule: AnomalibDataModule,
     fusions: Sequence[str] = CURVE_FUSIONS,
     metrics: Sequence[str] = CURVE_METRICS,
+    at_image_size: ImageSizePixelAP | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category).
 
     Fusions of levels the model does not reconstruct (``levels``) are left out.  ``configured`` is the model's own
-    map (z-scored where ``auto`` chose that); the named fusions are the maps as they are.
+    map (z-scored where ``auto`` chose that); the named fusions are the maps as they are.  ``at_image_size``, when
+    given, is also fed the model's own map (scored at the images' own sizes from the same forward pass).
     """
     model.eval()
     levels = set(model.model.head.architecture.levels)
@@ -117,6 +162,8 @@ def evaluate(
         device_maps = model.model.fused_maps(image.to(model.device), list(scored.values()))
         if "configured" in scored and model.model.normal_maps.active:  # the model's own map: z-scored
             device_maps[list(scored).index("configured")] = model.model(image.to(model.device)).anomaly_map
+        if at_image_size is not None:
+            at_image_size.update(device_maps[list(scored).index("configured")].cpu(), batch.image_path, batch.gt_label)
         for name, device_map in zip(scored, device_maps, strict=True):
             anomaly_map = device_map.cpu()
             for half in HALVES:
@@ -139,43 +186,6 @@ def evaluate(
             metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in metrics
         }
         for (name, half), evaluator in evaluators.items()
-    }
-
-
-@torch.no_grad()
-def pixel_ap_at_image_size(model: UniAS, datamodule: AnomalibDataModule) -> dict[str, float]:
-    """Pixel AP of the model's own map on each test half, scored at every image's own size (categories pooled).
-
-    :func:`evaluate` scores at the working resolution, where models of different ``image_size`` are graded on
-    masks resized differently (a 128 x 128 squash on masks shrunk to 128 x 128, a model worked at 256 x 256 on
-    masks at 256 x 256).  Here each map is resized (bilinear) to its image's own size and scored against the mask
-    file as it is, so two working resolutions are compared on the same pixels.
-    """
-    model.eval()
-    samples = datamodule.test_data.samples
-    halves = assign_halves(list(samples.image_path))
-    # Masks by the samples table: on AITEX a test batch came with ``mask_path`` None.
-    mask_of = dict(zip(samples.image_path.map(str), samples.mask_path, strict=True))
-    scores: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
-    truths: dict[str, list[np.ndarray]] = {half: [] for half in HALVES}
-    for batch in datamodule.test_dataloader():
-        image, _ = model.pre_processor.transform(batch.image, batch.gt_mask)
-        maps = model.model(image.to(model.device)).anomaly_map.float().cpu()
-        for index, path in enumerate(batch.image_path):
-            size = tuple(read_image(path).shape[-2:])
-            defective = bool(batch.gt_label[index])
-            truth = read_mask(mask_of[str(path)], size)[0].bool() if defective else torch.zeros(size, dtype=torch.bool)
-            resized = torch.nn.functional.interpolate(
-                maps[index].reshape(1, 1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False
-            )
-            scores[halves[str(path)]].append(resized.reshape(-1).numpy())
-            truths[halves[str(path)]].append(truth.reshape(-1).numpy())
-    return {
-        f"configured ({half})": float(
-            average_precision_score(np.concatenate(truths[half]), np.concatenate(scores[half]))
-        )
-        for half in HALVES
-        if scores[half]
     }
 
 

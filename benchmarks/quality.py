@@ -41,7 +41,7 @@ import yaml
 from _baselines import BASELINE_BACKBONE, best_blur, padim, patchcore
 from _common import REPO, RESULTS, data_root, peak_rss_mib, run_stamp
 from _quality_report import LABELS, write_report
-from _quality_scoring import FUSIONS, METRICS, LearningCurve, MapCollector, evaluate, keep_half, pixel_ap_at_image_size
+from _quality_scoring import FUSIONS, METRICS, ImageSizePixelAP, LearningCurve, MapCollector, evaluate, keep_half
 from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
@@ -210,8 +210,10 @@ def run_job(name: str, args: argparse.Namespace) -> None:
     levels, at_image_size = {}, {}
     if name == "unias":  # every map fusion on both test halves, before the test set is split for the tests
         settings["map"] = model.model.head.anomaly_map.fusion.name  # the recipe's, or the one auto chose
-        levels = evaluate(model, datamodule, fusions=["configured", *FUSIONS], metrics=METRICS)
-        at_image_size = pixel_ap_at_image_size(model, datamodule)
+        image_size_scores = ImageSizePixelAP(datamodule.test_data.samples)
+        fusions = ["configured", *FUSIONS]
+        levels = evaluate(model, datamodule, fusions=fusions, metrics=METRICS, at_image_size=image_size_scores)
+        at_image_size = image_size_scores.compute()
     job = {"settings": settings, "collector": collector}
     results, selection, test_seconds = test_on_halves(name, model, engine, datamodule, args, job)
     summary = {

@@ -174,7 +174,7 @@ def write_tables(rows: list[dict[str, object]], output: Path, command: str) -> s
         "a z-scored map chosen read 0.4-0.5 lower in their own `quality.md` (anomalib's test saw that map after a "
         "post-processor that tied the negative z-scores at 0). `pAP held-out, images' own size`: the same map resized "
         "(bilinear) to each image's own size and scored against the mask file as it is, so that models worked at "
-        "different resolutions are graded on the same pixels (`_quality_scoring.pixel_ap_at_image_size`).",
+        "different resolutions are graded on the same pixels (`_quality_scoring.ImageSizePixelAP`).",
     ]
     text = "\n".join(lines) + "\n"
     (output / "diagnosis.md").write_text(text)
