@@ -18,6 +18,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 """Where the scripts write their result files (each script's ``--output`` default lies under it)."""
+QUALITY_SEED = 133
+"""``quality.py``'s default ``--seed`` (the recipes' ``seed_everything``); ``tiling_diagnosis.py`` names runs by it."""
 DATA_ENV = "UNIAS_DATA"
 """Environment variable naming the folder of the real data sets (default: ``../shared/data`` beside the repo)."""
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 from _baselines import BASELINE_BACKBONE, best_blur, padim, patchcore
-from _common import REPO, RESULTS, data_root, peak_rss_mib, run_stamp
+from _common import QUALITY_SEED, REPO, RESULTS, data_root, peak_rss_mib, run_stamp
 from _quality_report import LABELS, write_report
 from _quality_scoring import FUSIONS, METRICS, ImageSizePixelAP, LearningCurve, MapCollector, evaluate, keep_half
 from anomalib.callbacks import TilerConfigurationCallback
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="antialiased resize for every model (training and test; exported graphs never antialias)",
     )
-    parser.add_argument("--seed", type=int, default=133)
+    parser.add_argument("--seed", type=int, default=QUALITY_SEED)
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes per model")
     parser.add_argument("--job", choices=MODELS, help=argparse.SUPPRESS)

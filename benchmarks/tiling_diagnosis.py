@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from _common import REPO, RESULTS, data_root, run_stamp
+from _common import QUALITY_SEED, REPO, RESULTS, data_root, run_stamp
 
 VARIANTS = {
     "squash_128": ("the shipped squash (reference)", {"image_size": "[128,128]", "train_tiles": "null"}, 1),
@@ -81,8 +81,6 @@ VARIANTS = {
     ),
 }
 """Variant -> (what it tests, UniAS overrides of configs/mtd.yaml, cost of a training step against the squash's)."""
-DEFAULT_SEED = 133
-"""``quality.py``'s seed: its runs keep the variant's bare name as their folder."""
 LEARNING_RATE = "5e-4"
 """Every variant's learning rate, whatever ``configs/mtd.yaml`` ships: the rate the table's first rows trained at."""
 FIXED_FUSIONS = ("product", "mean_16_8", "stride16 alone")
@@ -122,7 +120,7 @@ def finished(folder: Path, epochs: int) -> bool:
 
 def folder_name(variant: str, seed: int) -> str:
     """A run's folder: the variant's name, with the seed where it is not quality.py's default."""
-    return variant if seed == DEFAULT_SEED else f"{variant}_seed{seed}"
+    return variant if seed == QUALITY_SEED else f"{variant}_seed{seed}"
 
 
 def table_row(name: str, what: str, epochs: int, seed: int, output: Path) -> dict[str, object]:
@@ -210,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=12, help="the squash's epochs (others: scaled by step cost)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED], help="one run per variant and seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[QUALITY_SEED], help="one run per variant and seed")
     parser.add_argument("--root", default=str(data_root("mtd")), help="MVTec-layout dataset root (default: MTD)")
     parser.add_argument("--output", default=str(RESULTS / "mtd_tiled_diagnosis"))
     args = parser.parse_args()
