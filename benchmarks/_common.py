@@ -29,7 +29,7 @@ def data_root(name: str) -> Path:
     return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data")) / name
 
 
-def checkpoint_arguments(doc: str, data: str, output_help: str = "result file") -> argparse.Namespace:
+def checkpoint_parser(doc: str, data: str, output_help: str = "result file") -> argparse.ArgumentParser:
     """The command line of a script that reads one trained checkpoint: ``CKPT --root ROOT --output OUT``.
 
     ``doc``: the script's docstring (its first line is the description); ``data``: the default data set.
@@ -38,7 +38,12 @@ def checkpoint_arguments(doc: str, data: str, output_help: str = "result file") 
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--root", default=str(data_root(data)))
     parser.add_argument("--output", type=Path, required=True, help=output_help)
-    return parser.parse_args()
+    return parser
+
+
+def checkpoint_arguments(doc: str, data: str, output_help: str = "result file") -> argparse.Namespace:
+    """The parsed :func:`checkpoint_parser` command line."""
+    return checkpoint_parser(doc, data, output_help).parse_args()
 
 
 SIMD_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_int8": "AMX"}
