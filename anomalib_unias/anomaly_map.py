@@ -29,6 +29,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from .architecture import LEVEL_STRIDES
 from .components.layers import GaussianBlur2d
+from .normal_maps import NORMAL_READINGS, NormalReading
 
 FusionKind = Literal["product", "mean"]
 """How the chosen level maps are combined: the paper's ``"product"`` or their ``"mean"``."""
@@ -41,19 +42,27 @@ class Fusion:
     Args:
         kind: ``"product"`` (paper) or ``"mean"``.  With one level both are that level's smoothed map.
         strides: Backbone strides of the fused levels, coarse to fine (paper: 16, 8, 4, 2).
-        against_normal: The fused map z-scored per pixel against the maps of the category's normal images
+        against_normal: The fused map read per pixel against the maps of the category's normal images
             (:mod:`anomalib_unias.normal_maps`; the model does that step, after untiling).  Not in the paper.
+        normal_reading: How, where ``against_normal``: ``"z-score"`` (``(map - mean) / spread``) or ``"ratio"``
+            (``map / mean``).
     """
 
     kind: FusionKind = "product"
     strides: tuple[int, ...] = LEVEL_STRIDES
     against_normal: bool = False
+    normal_reading: NormalReading = "z-score"
 
     def __post_init__(self) -> None:
         strides = tuple(sorted({int(s) for s in self.strides}, reverse=True))
         object.__setattr__(self, "strides", strides)
         if len(strides) == 1:  # product and mean of one map are that map: one name for it
             object.__setattr__(self, "kind", "product")
+        if self.normal_reading not in NORMAL_READINGS:
+            msg = f"normal_reading must be one of {list(NORMAL_READINGS)}, not {self.normal_reading!r}"
+            raise ValueError(msg)
+        if not self.against_normal:  # a map read as it is has no reading: one value, so equal fusions compare equal
+            object.__setattr__(self, "normal_reading", "z-score")
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -68,15 +77,19 @@ class Fusion:
             if len(self.strides) == 1
             else f"{self.kind} of strides {'+'.join(map(str, self.strides))}"
         )
-        return f"{name}, z-scored against normal images" if self.against_normal else name
+        if not self.against_normal:
+            return name
+        if self.normal_reading == "ratio":
+            return f"{name}, divided by the normal mean"
+        return f"{name}, z-scored against normal images"
 
     def as_read(self) -> Fusion:
         """The same levels and kind, the map as it is (the head's part of the fusion)."""
         return Fusion(self.kind, self.strides)
 
-    def against_normal_images(self) -> Fusion:
-        """The same fusion z-scored against normal images."""
-        return Fusion(self.kind, self.strides, against_normal=True)
+    def against_normal_images(self, reading: NormalReading = "z-score") -> Fusion:
+        """The same fusion read against normal images as ``reading`` says."""
+        return Fusion(self.kind, self.strides, against_normal=True, normal_reading=reading)
 
     @classmethod
     def of(cls, kind: FusionKind, strides: Iterable[int] | None, levels: Iterable[int] = LEVEL_STRIDES) -> Fusion:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import refuse
+from .normal_maps import NORMAL_READINGS
 
 MapFusion = Literal["product", "mean", "auto"]
 """How the level maps are fused: the paper's ``"product"``, the ``"mean"``, or ``"auto"`` (chosen on validation)."""
@@ -61,6 +62,9 @@ class Architecture:
             (:mod:`anomalib_unias.fusion_selection`; the paper's product until then).  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``(16, 8)``; ``None`` = all four
             (paper).  Not in the paper.
+        map_normal_readings: How ``"auto"`` also reads each candidate map against the category's normal maps
+            (:mod:`anomalib_unias.normal_maps`): ``"z-score"``, ``"ratio"`` (divided by the normal mean), both, or
+            none (``()``: the maps as they are only).  Not in the paper.
 
     Raises:
         UniASArgumentError: naming the first field that cannot work, the rule and a value that works.
@@ -83,6 +87,7 @@ class Architecture:
     hard_mining_warmup: int = 1000
     map_fusion: MapFusion = "product"
     map_strides: tuple[int, ...] | None = None
+    map_normal_readings: tuple[str, ...] = ("z-score",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", self._checked_input_size())
@@ -195,6 +200,15 @@ class Architecture:
     def _check_map(self) -> None:
         if self.map_fusion not in ("product", "mean", "auto"):
             refuse("map_fusion", self.map_fusion, "must be 'product' (paper), 'mean' or 'auto'", "'product'")
+        readings = self.map_normal_readings
+        if (
+            isinstance(readings, str)
+            or not set(readings) <= set(NORMAL_READINGS)
+            or len(set(readings)) != len(readings)
+        ):
+            shown = readings if isinstance(readings, str) else list(readings)
+            refuse("map_normal_readings", shown, f"must be distinct values of {list(NORMAL_READINGS)}", "['z-score']")
+        object.__setattr__(self, "map_normal_readings", tuple(readings))
         if self.map_strides is None:
             return
         if self.map_fusion == "auto":

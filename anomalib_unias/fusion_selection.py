@@ -14,9 +14,10 @@ the fusion there too, before the thresholds are fitted, so they fit the map that
   0.3 % of the score), and the fusion with the best mean over the categories with defect pixels is used
   from then on (:func:`FusionScores.best`; the paper's product on ties, and where no category has a defect
   pixel);
-* every candidate is scored twice where the training images allow: as it is, and z-scored per pixel against
-  its maps of the category's training images (:mod:`anomalib_unias.normal_maps`: a fixed structure such as
-  AITEX's margin band stops outshining the defects), so the validation split also decides that;
+* every candidate is scored as it is and, where the training images allow, read per pixel against its maps of
+  the category's training images (:mod:`anomalib_unias.normal_maps`: a fixed structure such as AITEX's margin
+  band stops outshining the defects), z-scored and, with ``map_normal_readings`` asking for it, divided by the
+  normal mean, so the validation split also decides that;
 * the choice and every fusion's score go into the log and the checkpoint (:data:`CHECKPOINT_KEY`), from which
   test, predict and export take it (:func:`restore_fusion`).
 
@@ -46,8 +47,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "unias_map_fusion"
 """Checkpoint entry of the chosen fusion: ``{"kind", "strides", "against_normal", "validation_pixel_AP": {name: AP}}``
-and, for a z-scored fusion, ``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`)
-and ``"scale"`` (:data:`AGAINST_NORMAL_SCALE`)."""
+and, for a fusion read against normal images, ``"normal_reading"`` (``"z-score"`` where absent),
+``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`, already read as the reading
+says) and ``"scale"`` (:data:`AGAINST_NORMAL_SCALE`)."""
 AGAINST_NORMAL_SCALE = "exp(asinh(z) / 4)"
 """How a map read against normal images is scaled (:func:`~anomalib_unias.normal_maps.score_against_normal`);
 an entry without it was saved while that map was the signed z-score itself (:func:`upgrade_signed_z_scores`)."""
@@ -172,7 +174,7 @@ def checkpoint_entry(
 ) -> dict[str, Any]:
     """What :data:`CHECKPOINT_KEY` holds: the chosen fusion and every fusion's validation pixel AP.
 
-    For a fusion z-scored against normal images, also its normal statistics.
+    For a fusion read against normal images, also how and its normal statistics (as read).
     """
     entry = {
         "kind": chosen.kind,
@@ -183,6 +185,7 @@ def checkpoint_entry(
     if statistics is not None:
         entry["normal_maps"] = statistics.as_entry()
     if chosen.against_normal:
+        entry["normal_reading"] = chosen.normal_reading
         entry["scale"] = AGAINST_NORMAL_SCALE
     return entry
 
@@ -217,7 +220,8 @@ def restore_fusion(checkpoint: Mapping[str, Any], model: UniASModel) -> Fusion |
     entry = checkpoint.get(CHECKPOINT_KEY)
     if not entry:
         return None
-    fusion = Fusion(entry["kind"], tuple(entry["strides"]), bool(entry.get("against_normal", False)))
+    against_normal = bool(entry.get("against_normal", False))
+    fusion = Fusion(entry["kind"], tuple(entry["strides"]), against_normal, entry.get("normal_reading", "z-score"))
     model.head.anomaly_map.use(fusion)
     normal = entry.get("normal_maps")
     model.normal_maps.use(NormalMapStatistics.from_entry(normal) if fusion.against_normal and normal else None)

@@ -93,6 +93,9 @@ class UniAS(UniASExportMixin, AnomalibModule):
             ``"auto"``: the best on the validation split (:mod:`~anomalib_unias.fusion_selection`).  Not in the paper.
         map_strides: Backbone strides of the levels fused into the map, e.g. ``[16, 8]``; ``None`` = all
             (paper), or chosen by ``map_fusion="auto"``.  Read at evaluation only.  Not in the paper.
+        map_normal_readings: How ``map_fusion="auto"`` also reads each candidate against the category's normal
+            maps: ``["z-score"]`` (default), ``["z-score", "ratio"]`` (also divided by the normal mean), or ``[]``
+            (the maps as they are only).  Not in the paper.
         hard_mining: ``None`` = the paper's loss; a share ``p`` (Dinomaly: 0.9) = Dinomaly's loose loss with hard
             mining (:mod:`~anomalib_unias.loss`).  Not in the paper.
         hard_mining_warmup: Training steps over which the hard-mining share ramps up (Dinomaly: 1000).
@@ -150,6 +153,7 @@ class UniAS(UniASExportMixin, AnomalibModule):
         legacy_cos_sign: bool = False,
         map_fusion: MapFusion = "product",
         map_strides: list[int] | None = None,
+        map_normal_readings: tuple[str, ...] = ("z-score",),
         hard_mining: float | None = None,
         hard_mining_warmup: int = 1000,
         learning_rate: float = 1e-4,

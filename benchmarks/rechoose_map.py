@@ -7,19 +7,24 @@ chosen map is scored on both halves with ``quality.py``'s metrics (``_quality_sc
 checkpoint's own earlier choice.
 
     python benchmarks/rechoose_map.py CKPT --root ../shared/data/mtd --output benchmarks/results/OUT.md
+    python benchmarks/rechoose_map.py CKPT ... --normal-readings z-score ratio   # offer other normal readings
+
+``--normal-readings`` sets the model's ``map_normal_readings`` before choosing (the checkpoint's otherwise).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
-from _common import checkpoint_arguments, run_stamp
+from _common import checkpoint_parser, run_stamp
 from _quality_scoring import evaluate, keep_half
 from anomalib.engine import Engine
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_unias import UniAS
 from anomalib_unias.data import UnifiedFolder
+from anomalib_unias.normal_maps import NORMAL_READINGS
 
 METRICS = ("pixel_AP", "F1max_Dice", "image_AUROC")
 """Scored on each half (anomalib's metric names)."""
@@ -32,11 +37,16 @@ def scores(model: UniAS, datamodule: UnifiedFolder) -> dict[str, dict[str, float
 
 
 def main() -> None:
-    args = checkpoint_arguments(__doc__, "mtd", "result file (markdown)")
+    parser = checkpoint_parser(__doc__, "mtd", "result file (markdown)")
+    parser.add_argument("--normal-readings", nargs="*", choices=NORMAL_READINGS, help="map_normal_readings offered")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = UniAS.load_from_checkpoint(args.checkpoint)
-    if not model.model.head.architecture.fuses_automatically:
+    head = model.model.head
+    if not head.architecture.fuses_automatically:
         raise SystemExit(f"{args.checkpoint} was not trained with map_fusion: auto; there is no choice to make again.")
+    if args.normal_readings is not None:
+        head.architecture = replace(head.architecture, map_normal_readings=tuple(args.normal_readings))
     datamodule = UnifiedFolder(root=args.root, eval_batch_size=4, num_workers=0)
     datamodule.setup(TrainerFn.FITTING)
     keep_half(datamodule.val_data, "select")
@@ -50,9 +60,10 @@ def main() -> None:
     lines = [
         f"# `map_fusion: auto` chosen again for {args.checkpoint.name} on {args.root}",
         "",
-        f"`python benchmarks/rechoose_map.py {args.checkpoint} --root {args.root} --output {args.output}` "
-        f"({run_stamp()}). The choice on the select half (validation), the metrics of the model's map on each half "
-        "(%).",
+        f"`python benchmarks/rechoose_map.py {args.checkpoint} --root {args.root} --output {args.output}"
+        + (f" --normal-readings {' '.join(args.normal_readings)}" if args.normal_readings is not None else "")
+        + f"` (readings offered: {list(head.architecture.map_normal_readings)}; {run_stamp()}). "
+        "The choice on the select half (validation), the metrics of the model's map on each half (%).",
         "",
         "| choice | map | select pAP | held-out pAP | held-out F1max-Dice | held-out image AUROC |",
         "|---|---|---|---|---|---|",

@@ -450,10 +450,11 @@ def test_a_fusion_chosen_by_auto_is_the_exported_map(
     assert _differences(outputs, references)["map_corr"] < 0.99  # the paper's product map is another map
 
 
-def test_a_map_z_scored_against_normal_images_is_the_exported_map(
-    work: Path, checkpoint: Path, image_files: list[Path], monkeypatch
+@pytest.mark.parametrize("reading", ["z-score", "ratio"])
+def test_a_map_read_against_normal_images_is_the_exported_map(
+    work: Path, checkpoint: Path, image_files: list[Path], monkeypatch, reading: str
 ) -> None:
-    """A checkpoint whose ``auto`` choice is z-scored against two categories' normal maps exports that map.
+    """A checkpoint whose ``auto`` choice is read against two categories' normal maps exports that map.
 
     The statistics (two categories, each image's nearest by its descriptor) are written into a copy of the trained
     checkpoint as ``FusionChoice`` writes them; OpenVINO's map must equal the eager map of the loaded model, which
@@ -461,7 +462,7 @@ def test_a_map_z_scored_against_normal_images_is_the_exported_map(
     """
     eager = UniAS.load_from_checkpoint(checkpoint).eval()
     images = [eager.pre_processor.transform(read_image(path, as_tensor=True)[None]) for path in image_files]
-    chosen = Fusion("mean", (16, 8), against_normal=True)
+    chosen = Fusion("mean", (16, 8), against_normal=True, normal_reading=reading)
     maps, descriptors = eager.model.maps_and_descriptors(torch.cat(images), [chosen.as_read()])
     generator = torch.Generator().manual_seed(0)
     statistics = NormalMapStatistics(
@@ -469,16 +470,16 @@ def test_a_map_z_scored_against_normal_images_is_the_exported_map(
         descriptors[[0, -1]],
         maps[0][[0, -1]] * torch.rand(2, 1, *maps[0].shape[-2:], generator=generator),
         0.5 + torch.rand(2, 1, *maps[0].shape[-2:], generator=generator),
-    )
+    ).read_as(reading)
     stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
     stored["hyper_parameters"]["map_fusion"] = "auto"
     stored[CHECKPOINT_KEY] = checkpoint_entry(chosen, {chosen: 0.5}, statistics)
-    normal_checkpoint = work / "normal_maps.ckpt"
+    normal_checkpoint = work / f"normal_maps_{reading}.ckpt"
     torch.save(stored, normal_checkpoint)
     loaded = UniAS.load_from_checkpoint(normal_checkpoint).eval()
     assert loaded.model.head.anomaly_map.fusion == chosen and loaded.model.normal_maps.active
     assert set(nearest_category(descriptors, statistics.prototypes).tolist()) == {0, 1}
-    root = work / "normal"
+    root = work / f"normal_{reading}"
     xml = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=root).export(
         UniAS(**TINY, pre_trained=False), export_type="openvino", ckpt_path=normal_checkpoint, export_root=root
     )

@@ -24,6 +24,7 @@ from anomalib_unias.fusion_selection import (
     FusionScores,
     binned_average_precision,
     checkpoint_entry,
+    restore_fusion,
     score_bins,
     upgrade_signed_z_scores,
 )
@@ -112,15 +113,17 @@ def test_auto_with_fixed_strides_is_refused() -> None:
         UniAS(**TINY_UNIAS, pre_trained=False, map_fusion="auto", map_strides=[16, 8])
 
 
+READINGS = ("z-score", "ratio")
+"""The normal readings :func:`trained` offers (the default offers the z-score only)."""
 STAND_IN = Fusion("mean", (16,))
 """The map the model starts with in :func:`trained` (stride 16 alone, a candidate that loses there)."""
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> tuple[UniAS, Engine, UniASDemo]:
-    """A tiny ``map_fusion="auto"`` model after one epoch and its final validation (which chooses)."""
+    """A tiny ``map_fusion="auto"`` model (both normal readings offered) after one epoch and its final validation."""
     seed_everything(0)
-    model = UniAS(**TINY_UNIAS, map_fusion="auto")
+    model = UniAS(**TINY_UNIAS, map_fusion="auto", map_normal_readings=READINGS)
     model.model.head.anomaly_map.use(STAND_IN)  # a map the choice must replace before the thresholds are fitted
     datamodule = UniASDemo(root=demo_root, train_batch_size=8, eval_batch_size=8, num_workers=0)
     work = tmp_path_factory.mktemp("fusion")
@@ -146,7 +149,8 @@ def _normal_statistics(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusio
 def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, ...]) -> dict[Fusion, float]:
     """Every fusion's mean over categories of scikit-learn's pixel AP on the validation set, independently.
 
-    A fusion ``against_normal`` is z-scored per pixel with the statistics of the image's own category.
+    A fusion ``against_normal`` is read per pixel against the statistics of the image's own category: z-scored, or
+    divided by the normal mean (never by less than a millionth of its mean over the image).
     """
     as_read = tuple(dict.fromkeys(fusion.as_read() for fusion in fusions))
     normal = _normal_statistics(model, datamodule, as_read) if any(f.against_normal for f in fusions) else {}
@@ -161,7 +165,10 @@ def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, .
             masks.setdefault(category, []).append(mask[index].bool().numpy().ravel())
             for fusion in fusions:
                 values = fused[fusion.as_read()][index, 0].numpy()
-                if fusion.against_normal:
+                if fusion.against_normal and fusion.normal_reading == "ratio":
+                    mean, _ = normal[fusion.as_read(), category]
+                    values = values / np.maximum(mean, 1e-6 * mean.mean())
+                elif fusion.against_normal:
                     mean, spread = normal[fusion.as_read(), category]
                     values = (values - mean) / spread
                 maps[fusion].setdefault(category, []).append(values.ravel())
@@ -174,8 +181,9 @@ def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, .
 
 
 def _all_candidates() -> tuple[Fusion, ...]:
-    """What ``auto`` scores on data with training images: every candidate as it is and z-scored."""
-    return candidate_fusions() + tuple(fusion.against_normal_images() for fusion in candidate_fusions())
+    """What ``auto`` scores on data with training images: every candidate as it is and in each of :data:`READINGS`."""
+    read = (fusion.against_normal_images(reading) for reading in READINGS for fusion in candidate_fusions())
+    return candidate_fusions() + tuple(read)
 
 
 def test_auto_chooses_the_best_fusion_on_validation_and_fits_the_thresholds_on_its_map(trained) -> None:
@@ -198,8 +206,10 @@ def test_the_choice_is_logged_saved_and_used_by_a_loaded_checkpoint(trained, cap
     chosen = model.model.head.anomaly_map.fusion
     checkpoint_path = engine.trainer.checkpoint_callback.best_model_path
     entry = torch.load(checkpoint_path, map_location="cpu", weights_only=False)[CHECKPOINT_KEY]
-    assert Fusion(entry["kind"], tuple(entry["strides"]), entry["against_normal"]) == chosen
+    reading = entry.get("normal_reading", "z-score")
+    assert Fusion(entry["kind"], tuple(entry["strides"]), entry["against_normal"], reading) == chosen
     assert set(entry["validation_pixel_AP"]) == {fusion.name for fusion in _all_candidates()}
+    assert len(entry["validation_pixel_AP"]) == 21  # 7 fusions, each as it is, z-scored and divided by the mean
     loaded = UniAS.load_from_checkpoint(checkpoint_path).eval()
     assert loaded.hparams["map_fusion"] == "auto"
     assert loaded.model.head.anomaly_map.fusion == chosen
@@ -237,6 +247,53 @@ def test_a_z_score_reads_each_image_against_the_normal_maps_of_its_nearest_categ
     lone.update([torch.cat([test[:1], test[:1] * 2])], torch.zeros(2, 3), ["only", "only"])
     assert not NormalStatistics().usable
     assert z_score(test, torch.randn(2, 3), lone.of(0)).shape == test.shape
+
+
+def test_a_ratio_reading_ranks_every_pixel_as_the_map_divided_by_its_categorys_normal_mean() -> None:
+    generator = torch.Generator().manual_seed(1)
+    statistics = NormalStatistics()
+    for category, centre in (("left", 0.0), ("right", 10.0)):
+        for _ in range(4):
+            normal = torch.rand(1, 1, 4, 8, generator=generator) + (0.5 if category == "left" else 2.0)
+            statistics.update([normal], torch.full((1, 3), centre), [category])
+    fitted = statistics.of(0)
+    ratio = fitted.read_as("ratio")
+    assert fitted.read_as("z-score") is fitted
+    torch.testing.assert_close(ratio.mean, fitted.mean)
+    test = torch.rand(2, 1, 4, 8, generator=generator) * 3
+    read = z_score(test, torch.tensor([[0.0] * 3, [10.0] * 3]), ratio)
+    for image, category in enumerate((0, 1)):  # each image against its own category's mean
+        torch.testing.assert_close(read[image], test[image] / fitted.mean[category] - 1)
+    served = positive_scores(read).flatten()
+    divided = torch.cat([test[0] / fitted.mean[0], test[1] / fitted.mean[1]]).flatten()
+    assert (served[divided.argsort()].diff() >= 0).all()  # in the ratio's order
+    zero_mean = NormalMapStatistics(("only",), torch.zeros(1, 3), torch.zeros(1, 1, 4, 8), torch.ones(1, 1, 4, 8))
+    assert torch.isfinite(z_score(test, torch.zeros(2, 3), zero_mean.read_as("ratio"))).all()  # never / 0
+
+
+def test_a_ratio_choice_in_a_checkpoint_entry_makes_the_same_map_when_restored() -> None:
+    torch.manual_seed(0)
+    model = UniAS(**TINY_UNIAS, pre_trained=False, visualizer=False, map_fusion="auto").eval()
+    images = model.pre_processor(torch.rand(3, 3, *TINY_UNIAS["input_size"]))
+    chosen = Fusion("mean", (16, 8), against_normal=True, normal_reading="ratio")
+    plain = model.model.fused_maps(images, [chosen.as_read()])[0]
+    statistics = NormalMapStatistics(("only",), torch.zeros(1, 8), plain.mean(dim=0, keepdim=True), plain[:1])
+    entry = checkpoint_entry(chosen, {chosen: 0.5}, statistics.read_as("ratio"))
+    assert entry["normal_reading"] == "ratio"
+    restored = UniAS(**TINY_UNIAS, pre_trained=False, visualizer=False, map_fusion="auto").eval()
+    restored.model.load_state_dict(model.model.state_dict())
+    assert restore_fusion({CHECKPOINT_KEY: entry}, restored.model) == chosen
+    assert chosen.name == "mean of strides 16+8, divided by the normal mean"
+    with torch.no_grad():
+        served = restored.model(images).anomaly_map
+    expected = positive_scores(plain / torch.maximum(statistics.mean, 1e-6 * statistics.mean.mean()) - 1)
+    torch.testing.assert_close(served, expected)
+
+
+@pytest.mark.parametrize("readings", [["ratio", "ratio"], ["spread"], "ratio"])
+def test_normal_readings_that_cannot_work_are_refused(readings) -> None:
+    with pytest.raises(UniASArgumentError, match=r"map_normal_readings=.*must be distinct values of"):
+        UniAS(**TINY_UNIAS, pre_trained=False, map_fusion="auto", map_normal_readings=readings)
 
 
 def test_a_map_read_against_normal_images_keeps_the_order_of_its_z_scores_through_the_post_processor() -> None:

@@ -36,17 +36,21 @@ class FusionChoice(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score every candidate map on the validation data (one extra pass, no gradients) and use the best.
 
-        The candidates are each fusion as it is and, where every category has at least two training images,
-        z-scored against its maps of them (one pass over the training images first).
+        The candidates are each fusion as it is and, where every category has at least two training images, read
+        against its maps of them in each of the model's ``map_normal_readings`` (one pass over the training images
+        first).
         """
         architecture = pl_module.model.head.architecture
         if not architecture.fuses_automatically or trainer.sanity_checking:
             return
         start = time.perf_counter()
         candidates = candidate_fusions(architecture.levels)
-        normal = normal_statistics(trainer, pl_module, candidates)
-        fitted = [normal.of(index).to(pl_module.device) for index in range(len(candidates))] if normal else []
-        scores = FusionScores(candidates + tuple(fusion.against_normal_images() for fusion in candidates if fitted))
+        readings = architecture.map_normal_readings
+        normal = normal_statistics(trainer, pl_module, candidates) if readings else None
+        statistics = [normal.of(index).to(pl_module.device) for index in range(len(candidates))] if normal else []
+        read = [(fusion.against_normal_images(reading), stats.read_as(reading))
+                for reading in readings for fusion, stats in zip(candidates, statistics, strict=False)]  # fmt: skip
+        scores = FusionScores(candidates + tuple(fusion for fusion, _ in read))
         images = 0
         loaders = trainer.val_dataloaders
         for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
@@ -55,7 +59,8 @@ class FusionChoice(Callback):
                     continue
                 image, mask = pl_module.pre_processor.transform(batch.image, batch.gt_mask)
                 maps, descriptors = pl_module.model.maps_and_descriptors(image.to(pl_module.device), candidates)
-                maps += [score_against_normal(m, descriptors, stats) for m, stats in zip(maps, fitted, strict=False)]
+                as_read = dict(zip(candidates, maps, strict=True))
+                maps += [score_against_normal(as_read[fusion.as_read()], descriptors, stats) for fusion, stats in read]
                 categories = [category_of(path, default="") for path in batch.image_path]
                 scores.update(maps, mask, categories)
                 images += len(categories)
@@ -63,10 +68,10 @@ class FusionChoice(Callback):
         chosen = scores.best()
         average_precision = scores.average_precision()
         if chosen is not None:
-            statistics = fitted[candidates.index(chosen.as_read())] if chosen.against_normal else None
+            chosen_statistics = dict(read).get(chosen)
             pl_module.model.head.anomaly_map.use(chosen)
-            pl_module.model.normal_maps.use(statistics)
-            self.entry = checkpoint_entry(chosen, average_precision, statistics)
+            pl_module.model.normal_maps.use(chosen_statistics)
+            self.entry = checkpoint_entry(chosen, average_precision, chosen_statistics)
         if trainer.is_global_zero:
             logger.info("%s (%.0f s)", describe_choice(chosen, average_precision, images), time.perf_counter() - start)
 
