@@ -29,6 +29,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from .architecture import LEVEL_STRIDES
 from .components.layers import GaussianBlur2d
+from .errors import UniASArgumentError
 from .normal_maps import NORMAL_READINGS, NormalReading
 
 FusionKind = Literal["product", "mean"]
@@ -59,8 +60,9 @@ class Fusion:
         if len(strides) == 1:  # product and mean of one map are that map: one name for it
             object.__setattr__(self, "kind", "product")
         if self.normal_reading not in NORMAL_READINGS:
-            msg = f"normal_reading must be one of {list(NORMAL_READINGS)}, not {self.normal_reading!r}"
-            raise ValueError(msg)
+            readings = list(NORMAL_READINGS)
+            msg = f"UniAS map fusion: normal_reading must be one of {readings}, not {self.normal_reading!r}"
+            raise UniASArgumentError(msg)
         if not self.against_normal:  # a map read as it is has no reading: one value, so equal fusions compare equal
             object.__setattr__(self, "normal_reading", "z-score")
 
