@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ SPREAD_FLOOR = 0.1
 """The spread is the standard deviation plus this share of its mean over the image."""
 NormalReading = Literal["z-score", "ratio"]
 """How a map is read against its category's normal maps: ``(map - mean) / spread`` or ``map / mean``."""
-NORMAL_READINGS: tuple[str, ...] = ("z-score", "ratio")
+NORMAL_READINGS: tuple[str, ...] = get_args(NormalReading)
 """Every :data:`NormalReading`."""
 RATIO_FLOOR = 1e-6
 """A ratio divides by the normal mean, but at least this share of its mean over the image (never by 0)."""
