@@ -8,14 +8,17 @@ checkpoint's own earlier choice.
 
     python benchmarks/rechoose_map.py CKPT --root ../shared/data/mtd --output benchmarks/results/OUT.md
     python benchmarks/rechoose_map.py CKPT ... --normal-readings z-score ratio   # offer other normal readings
+    python benchmarks/rechoose_map.py CKPT ... --save-checkpoint rechosen.ckpt   # e.g. for int8_accuracy.py
 
 ``--normal-readings`` sets the model's ``map_normal_readings`` before choosing (the checkpoint's otherwise).
+``--save-checkpoint`` writes the model with its new choice and the thresholds fitted on the select half.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 from _common import checkpoint_parser, run_stamp
 from _quality_scoring import evaluate, keep_half
@@ -39,6 +42,7 @@ def scores(model: UniAS, datamodule: UnifiedFolder) -> dict[str, dict[str, float
 def main() -> None:
     parser = checkpoint_parser(__doc__, "mtd", "result file (markdown)")
     parser.add_argument("--normal-readings", nargs="*", choices=NORMAL_READINGS, help="map_normal_readings offered")
+    parser.add_argument("--save-checkpoint", type=Path, help="where to write the checkpoint with the new choice")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = UniAS.load_from_checkpoint(args.checkpoint)
@@ -57,6 +61,8 @@ def main() -> None:
     engine.validate(model=model, datamodule=datamodule, verbose=False)
     after_fusion = model.model.head.anomaly_map.fusion
     after = scores(model, datamodule)
+    if args.save_checkpoint is not None:
+        engine.trainer.save_checkpoint(args.save_checkpoint)
     lines = [
         f"# `map_fusion: auto` chosen again for {args.checkpoint.name} on {args.root}",
         "",
