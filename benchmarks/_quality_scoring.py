@@ -19,12 +19,13 @@ from anomalib.data import ImageBatch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from lightning.pytorch import Callback
 from sklearn.metrics import average_precision_score
+from torchmetrics import Metric
 
 from anomalib_unias import UniAS
 from anomalib_unias.anomaly_map import Fusion
 from anomalib_unias.architecture import LEVEL_STRIDES
 from anomalib_unias.data.reading import read_mask
-from anomalib_unias.metrics import unias_evaluator
+from anomalib_unias.metrics import PerCategory, unias_evaluator
 from anomalib_unias.resolution import image_sizes
 
 METRICS = ("pixel_AP", "DSC", "F1max_Dice", "image_AUROC", "pixel_AUROC", "pixel_AUPRO")
@@ -143,8 +144,12 @@ def evaluate(
     fusions: Sequence[str] = CURVE_FUSIONS,
     metrics: Sequence[str] = CURVE_METRICS,
     at_image_size: ImageSizePixelAP | None = None,
+    per_category: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Score the test set for each of ``fusions`` on the raw maps at model resolution (one category).
+    """Score the test set for each of ``fusions`` on the raw maps at model resolution.
+
+    The metrics pool every image (as one category), or with ``per_category`` are each category's macro mean
+    (the paper's, and ``quality.py``'s headline).
 
     Fusions of levels the model does not reconstruct (``levels``) are left out.  ``configured`` is the model's own
     map (z-scored where ``auto`` chose that); the named fusions are the maps as they are.  ``at_image_size``, when
@@ -155,7 +160,7 @@ def evaluate(
     scored = {"configured": model.model.head.anomaly_map.fusion, **FUSIONS}
     scored = {name: fusion for name, fusion in scored.items() if name in fusions and set(fusion.strides) <= levels}
     halves = assign_halves(list(datamodule.test_data.samples.image_path))
-    evaluators = {(name, half): unias_evaluator(per_category=False) for name in scored for half in HALVES}
+    evaluators = {(name, half): unias_evaluator(per_category=per_category) for name in scored for half in HALVES}
     for batch in datamodule.test_dataloader():
         image, gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
         half_of = [halves[str(path)] for path in batch.image_path]
@@ -179,14 +184,21 @@ def evaluate(
                     pred_score=anomaly_map[index].flatten(1).amax(1),
                 )
                 for metric in evaluators[name, half].test_metrics:
-                    if metric.name in metrics:
+                    if metric_name(metric) in metrics:
                         metric.update(part)
     return {
         f"{name} ({half})": {
-            metric.name: float(metric.compute()) for metric in evaluator.test_metrics if metric.name in metrics
+            metric_name(metric): float(metric.compute())
+            for metric in evaluator.test_metrics
+            if metric_name(metric) in metrics
         }
         for (name, half), evaluator in evaluators.items()
     }
+
+
+def metric_name(metric: Metric) -> str:
+    """A metric's name without the ``/mean`` of a per-category macro mean (``pixel_AP`` for both kinds)."""
+    return metric.base_name if isinstance(metric, PerCategory) else metric.name
 
 
 class MapCollector(Callback):

@@ -34,8 +34,8 @@ METRICS = ("pixel_AP", "F1max_Dice", "image_AUROC")
 
 
 def scores(model: UniAS, datamodule: UnifiedFolder) -> dict[str, dict[str, float]]:
-    """The model's own map on each half: ``{half: {metric: %}}``."""
-    found = evaluate(model, datamodule, fusions=("configured",), metrics=METRICS)
+    """The model's own map on each half, each metric the mean over the categories: ``{half: {metric: %}}``."""
+    found = evaluate(model, datamodule, fusions=("configured",), metrics=METRICS, per_category=True)
     return {name.split("(")[1].rstrip(")"): {k: 100 * v for k, v in values.items()} for name, values in found.items()}
 
 
@@ -69,7 +69,8 @@ def main() -> None:
         f"`python benchmarks/rechoose_map.py {args.checkpoint} --root {args.root} --output {args.output}"
         + (f" --normal-readings {' '.join(args.normal_readings)}" if args.normal_readings is not None else "")
         + f"` (readings offered: {list(head.architecture.map_normal_readings)}; {run_stamp()}). "
-        "The choice on the select half (validation), the metrics of the model's map on each half (%).",
+        "The choice on the select half (validation), the metrics of the model's map on each half (%, each "
+        "the mean over the categories, as `quality.py`'s headline).",
         "",
         "| choice | map | select pAP | held-out pAP | held-out F1max-Dice | held-out image AUROC |",
         "|---|---|---|---|---|---|",
