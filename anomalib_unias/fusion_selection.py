@@ -11,9 +11,12 @@ the fusion there too, before the thresholds are fitted, so they fit the map that
   and its pixels are counted into a histogram per category, defect and normal pixels apart
   (:class:`FusionScores`; memory does not grow with the data, and processes add their counts);
 * each fusion's pixel AP per category follows from the counts (:func:`binned_average_precision`, bins of
-  0.3 % of the score), and the fusion with the best mean over the categories with defect pixels is used
-  from then on (:func:`FusionScores.best`; the paper's product on ties, and where no category has a defect
-  pixel);
+  0.3 % of the score), and the fusion with the best geometric mean over the categories with defect pixels is
+  used from then on (:func:`FusionScores.best`; the paper's product on ties, and where no category has a defect
+  pixel).  The geometric mean, not the arithmetic one the tables report, because a validation split holds few
+  defective images per category: one category's easy images can lift a map's arithmetic mean far above maps
+  that serve every category better (AITEX: README, "Choosing the map from the data").  With one category
+  both means are its AP;
 * every candidate is scored as it is and, where the training images allow, read per pixel against its maps of
   the category's training images (:mod:`anomalib_unias.normal_maps`: a fixed structure such as AITEX's margin
   band stops outshining the defects), z-scored and, with ``map_normal_readings`` asking for it, divided by the
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "unias_map_fusion"
 """Checkpoint entry of the chosen fusion: ``{"kind", "strides", "against_normal", "validation_pixel_AP": {name: AP}}``
+(AP: the geometric mean over categories, :meth:`FusionScores.average_precision`)
 and, for a fusion read against normal images, ``"normal_reading"`` (``"z-score"`` where absent),
 ``"normal_maps"`` (:meth:`~anomalib_unias.normal_maps.NormalMapStatistics.as_entry`, already read as the reading
 says) and ``"scale"`` (:data:`AGAINST_NORMAL_SCALE`)."""
@@ -132,15 +136,15 @@ class FusionScores:
             self.counts[category] = counts.cpu()
 
     def average_precision(self) -> dict[Fusion, float]:
-        """Each fusion's mean pixel AP over the categories that have defect pixels (NaN where none has)."""
+        """Each fusion's geometric mean pixel AP over the categories that have defect pixels (NaN where none has)."""
         if not self.counts:
             return dict.fromkeys(self.fusions, math.nan)
         per_category = binned_average_precision(torch.stack(list(self.counts.values())))  # (C, F)
-        means = per_category.nanmean(dim=0)
+        means = per_category.clamp(min=1e-12).log().nanmean(dim=0).exp()  # AP > 0 wherever a defect pixel is
         return {fusion: float(value) for fusion, value in zip(self.fusions, means, strict=True)}
 
     def best(self) -> Fusion | None:
-        """The fusion with the highest mean pixel AP (the earliest on ties); ``None`` without defect pixels."""
+        """The fusion with the highest geometric mean pixel AP (the earliest on ties); ``None`` without defects."""
         scores = self.average_precision()
         finite = {fusion: score for fusion, score in scores.items() if not math.isnan(score)}
         if not finite:
@@ -164,8 +168,8 @@ def describe_choice(chosen: Fusion | None, scores: Mapping[Fusion, float], image
     ranked = sorted(scores.items(), key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)
     others = ", ".join(f"{fusion.name} {100 * score:.2f}" for fusion, score in ranked[1:6])
     return (
-        f"UniAS map_fusion 'auto': {chosen.name} (validation pixel AP {100 * scores[chosen]:.2f}, mean over "
-        f"categories, {images} images); next: {others}; the paper's {default.name} {100 * scores[default]:.2f}."
+        f"UniAS map_fusion 'auto': {chosen.name} (validation pixel AP {100 * scores[chosen]:.2f}, geometric mean "
+        f"over categories, {images} images); next: {others}; the paper's {default.name} {100 * scores[default]:.2f}."
     )
 
 

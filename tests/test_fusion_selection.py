@@ -63,7 +63,11 @@ def _maps(truth: torch.Tensor, noise: float, generator: torch.Generator) -> torc
     return (truth.float() + noise * torch.rand(truth.shape, generator=generator))[:, None]
 
 
-def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_mean_over_categories() -> None:
+def _geometric_mean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_geometric_mean_over_categories() -> None:
     generator = torch.Generator().manual_seed(0)
     masks = torch.zeros(4, 16, 16, dtype=torch.bool)
     masks[0, 2:5, 3:6] = masks[2, 8:12, 1:3] = True  # one defective image per category
@@ -74,7 +78,7 @@ def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_mean_over_categ
     maps[2][2:] = torch.rand(2, 1, 16, 16, generator=generator)
     scores.update(maps, masks, ["a", "a", "b", "b"])
     expected = {
-        fusion: np.mean(
+        fusion: _geometric_mean(
             [average_precision_score(masks[rows].ravel(), maps[i][rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
         )
         for i, fusion in enumerate(fusions)
@@ -82,6 +86,26 @@ def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_mean_over_categ
     measured = scores.average_precision()
     assert measured == pytest.approx(expected, abs=0.01)  # 512 pixels: a few share a bin
     assert scores.best() == max(expected, key=expected.get) == fusions[1]
+
+
+def test_a_map_that_serves_every_category_beats_one_whose_mean_rests_on_a_single_category() -> None:
+    """The arithmetic mean would choose the map perfect on "a" and blind on "b"; every category counts instead."""
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[0, 2:5, 3:6] = masks[2, 8:12, 1:3] = True
+    one_category, every_category = Fusion("product", (16,)), Fusion("mean", (16, 8))
+    scores = FusionScores((PAPER_FUSION, one_category, every_category))
+    single = masks.float()[:, None].clone()
+    single[2:] = torch.rand(2, 1, 16, 16, generator=generator)  # perfect on "a", noise on "b"
+    both = _maps(masks, 3.0, generator)  # fair on both
+    scores.update([torch.rand(4, 1, 16, 16, generator=generator), single, both], masks, ["a", "a", "b", "b"])
+    per_category = {
+        name: [average_precision_score(masks[rows].ravel(), m[rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
+        for name, m in (("single", single), ("both", both))
+    }
+    assert np.mean(per_category["single"]) > np.mean(per_category["both"])  # the arithmetic mean's pick
+    assert _geometric_mean(per_category["single"]) < _geometric_mean(per_category["both"])
+    assert scores.best() == every_category
 
 
 def test_ties_keep_the_paper_map_and_no_defect_pixel_chooses_nothing() -> None:
@@ -147,7 +171,7 @@ def _normal_statistics(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusio
 
 
 def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, ...]) -> dict[Fusion, float]:
-    """Every fusion's mean over categories of scikit-learn's pixel AP on the validation set, independently.
+    """Every fusion's geometric mean over categories of scikit-learn's pixel AP on the validation set, independently.
 
     A fusion ``against_normal`` is read per pixel against the statistics of the image's own category: z-scored, or
     divided by the normal mean (never by less than a millionth of its mean over the image).
@@ -173,8 +197,8 @@ def _validation_ap(model: UniAS, datamodule: UniASDemo, fusions: tuple[Fusion, .
                     values = (values - mean) / spread
                 maps[fusion].setdefault(category, []).append(values.ravel())
     return {
-        fusion: float(
-            np.mean([average_precision_score(np.concatenate(masks[c]), np.concatenate(maps[fusion][c])) for c in masks])
+        fusion: _geometric_mean(
+            [average_precision_score(np.concatenate(masks[c]), np.concatenate(maps[fusion][c])) for c in masks]
         )
         for fusion in fusions
     }
