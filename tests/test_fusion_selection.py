@@ -67,6 +67,11 @@ def _geometric_mean(values: list[float]) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
+def _ap_per_category(masks: torch.Tensor, scores: torch.Tensor) -> list[float]:
+    """scikit-learn's pixel AP of images 0-1 (category "a") and 2-3 (category "b")."""
+    return [average_precision_score(masks[rows].ravel(), scores[rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
+
+
 def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_geometric_mean_over_categories() -> None:
     generator = torch.Generator().manual_seed(0)
     masks = torch.zeros(4, 16, 16, dtype=torch.bool)
@@ -77,12 +82,7 @@ def test_the_fusion_whose_map_finds_the_defects_is_chosen_by_the_geometric_mean_
     maps = [torch.rand(4, 1, 16, 16, generator=generator), _maps(masks, 0.9, generator), _maps(masks, 0.5, generator)]
     maps[2][2:] = torch.rand(2, 1, 16, 16, generator=generator)
     scores.update(maps, masks, ["a", "a", "b", "b"])
-    expected = {
-        fusion: _geometric_mean(
-            [average_precision_score(masks[rows].ravel(), maps[i][rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
-        )
-        for i, fusion in enumerate(fusions)
-    }
+    expected = {fusion: _geometric_mean(_ap_per_category(masks, maps[i])) for i, fusion in enumerate(fusions)}
     measured = scores.average_precision()
     assert measured == pytest.approx(expected, abs=0.01)  # 512 pixels: a few share a bin
     assert scores.best() == max(expected, key=expected.get) == fusions[1]
@@ -99,10 +99,7 @@ def test_a_map_that_serves_every_category_beats_one_whose_mean_rests_on_a_single
     single[2:] = torch.rand(2, 1, 16, 16, generator=generator)  # perfect on "a", noise on "b"
     both = _maps(masks, 3.0, generator)  # fair on both
     scores.update([torch.rand(4, 1, 16, 16, generator=generator), single, both], masks, ["a", "a", "b", "b"])
-    per_category = {
-        name: [average_precision_score(masks[rows].ravel(), m[rows].ravel()) for rows in (slice(0, 2), slice(2, 4))]
-        for name, m in (("single", single), ("both", both))
-    }
+    per_category = {"single": _ap_per_category(masks, single), "both": _ap_per_category(masks, both)}
     assert np.mean(per_category["single"]) > np.mean(per_category["both"])  # the arithmetic mean's pick
     assert _geometric_mean(per_category["single"]) < _geometric_mean(per_category["both"])
     assert scores.best() == every_category
